@@ -1,0 +1,437 @@
+"""The one door to open_clip: loading CLIP models, tokenising, preparing images, and the CLIP internals the papers need.
+
+Every other idclab module talks to CLIP through this file, so an open_clip upgrade that moves an internal breaks here
+(and in ``tests/test_backbones.py``) and nowhere else.
+
+What lives here, top-down:
+
+* model names: open_clip names (``ViT-B-32-quickgelu``...), the tiny test config ``idc-tiny`` and the shipped
+  toy-world model ``shapes-clip``; :func:`load_clip` refuses unknown names and corrects the QuickGELU trap;
+* text: :func:`tokenize` to a maximum number of words, padded to the model's context (CLIP4IDC's ``max_words=32``);
+* images: :func:`load_image` and :func:`to_pixels` (uint8 HWC arrays, PIL images or files -> normalised tensors),
+  with documented conversions for RGBA, grayscale and odd-sized images;
+* the visual tower's token sequence, split into :func:`vit_embed` -> :func:`vit_blocks` -> :func:`vit_project`
+  (CLIP4IDC runs the first blocks per image and the rest on the concatenated pair);
+* text encoding with pseudo-word tokens, :func:`encode_text_with_pseudo_tokens` (Pic2Word): the embedding of a
+  placeholder token ``*`` is replaced by given vectors through a forward hook on ``token_embedding``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+__all__ = [
+    "SHAPES_CLIP",
+    "TINY_CONFIGS",
+    "PLACEHOLDER",
+    "available_models",
+    "resolve_model_name",
+    "load_clip",
+    "get_tokenizer",
+    "tokenize",
+    "token_id",
+    "image_size",
+    "load_image",
+    "to_pixels",
+    "vit_embed",
+    "vit_blocks",
+    "vit_project",
+    "image_tokens",
+    "encode_text_with_pseudo_tokens",
+    "pseudo_token_hook",
+]
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model names
+# ----------------------------------------------------------------------------------------------------------------------
+
+SHAPES_CLIP = "shapes-clip"
+SHAPES_CLIP_PATH = Path(__file__).parent / "assets" / "shapes_clip.pt"
+
+# Tiny architectures built with random weights, for tests and for the smoke profile. Vocabulary stays at 49,408 so
+# the stock CLIP tokenizer (ids up to 49,407) works unchanged.
+TINY_CONFIGS: dict[str, dict] = {
+    # The "idc-tiny" test config measured in the reference notes: 7.99 M parameters, 6.3 M of them token embeddings.
+    "idc-tiny": dict(
+        embed_dim=128,
+        vision_cfg=dict(image_size=64, layers=4, width=128, head_width=32, patch_size=8),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=4, layers=4),
+    ),
+    # Even smaller, for unit tests that only check mechanics.
+    "idc-micro": dict(
+        embed_dim=32,
+        vision_cfg=dict(image_size=32, layers=2, width=32, head_width=16, patch_size=8),
+        text_cfg=dict(context_length=32, vocab_size=49408, width=32, heads=2, layers=2),
+    ),
+    # The architecture of shapes-clip (the shipped weights are loaded by name "shapes-clip"; this name gives the same
+    # architecture with random weights, which is what `idclab train clip` starts from). A 64-token context holds the
+    # longest Shapes scene description (<= 60 tokens).
+    "shapes-clip-arch": dict(
+        embed_dim=128,
+        vision_cfg=dict(image_size=64, layers=4, width=128, head_width=32, patch_size=8),
+        text_cfg=dict(context_length=64, vocab_size=49408, width=128, heads=4, layers=4),
+    ),
+}
+
+PLACEHOLDER = "*"  # Pic2Word's pseudo-word; BPE id 265 ("*</w>")
+
+
+def available_models() -> list[str]:
+    """Every name :func:`load_clip` accepts: idclab's own, then open_clip's."""
+    return [SHAPES_CLIP, *TINY_CONFIGS, *open_clip.list_models()]
+
+
+def resolve_model_name(name: str, pretrained: str | None) -> str:
+    """Return the model name to build, correcting the QuickGELU trap.
+
+    OpenAI's CLIP weights were trained with QuickGELU. In open_clip 3.3, ``ViT-B-32`` + ``pretrained="openai"`` builds
+    a GELU model, loads the weights into it and only warns -- a quietly different network. We build the
+    ``-quickgelu`` variant instead and say so.
+    """
+    if name in (SHAPES_CLIP, *TINY_CONFIGS):
+        return name
+    known = open_clip.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, available_models(), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"Unknown model name {name!r}.{hint} Use 'shapes-clip' (the toy world), one of {list(TINY_CONFIGS)}, or an "
+            "open_clip name such as 'ViT-B-32-quickgelu' (see idclab.backbones.available_models())."
+        )
+    if pretrained == "openai" and not name.endswith("-quickgelu") and f"{name}-quickgelu" in known:
+        warnings.warn(
+            f"{name!r} with pretrained='openai' would build a GELU network for QuickGELU weights; building "
+            f"{name + '-quickgelu'!r} instead. Pass that name to silence this warning.",
+            stacklevel=3,
+        )
+        return f"{name}-quickgelu"
+    return name
+
+
+def load_clip(
+    name: str, pretrained: str | None = None, *, device: str | torch.device = "cpu", cache_dir: str | None = None
+) -> open_clip.CLIP:
+    """Build a CLIP model by name and return it in eval mode.
+
+    Args:
+        name: ``"shapes-clip"`` (shipped toy-world weights, loads offline and instantly), a tiny config from
+            :data:`TINY_CONFIGS` (random weights), or an open_clip model name.
+        pretrained: open_clip weights tag (e.g. ``"openai"``) or a checkpoint path, for open_clip names only.
+        device: where to put the model.
+        cache_dir: where open_clip keeps downloaded weights (e.g. a Google Drive folder on Colab).
+    """
+    name = resolve_model_name(name, pretrained)
+    if name == SHAPES_CLIP:
+        if pretrained is not None:
+            raise ValueError("'shapes-clip' carries its own weights; call load_clip('shapes-clip') without pretrained.")
+        model = _load_shapes_clip()
+    elif name in TINY_CONFIGS:
+        if pretrained is not None:
+            raise ValueError(f"{name!r} is a random-weight test config; it has no pretrained weights.")
+        model = open_clip.CLIP(**TINY_CONFIGS[name])
+    else:
+        model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir)
+    model.idclab_name = name  # recorded in checkpoints so a checkpoint of another backbone is refused
+    return model.to(device).eval()
+
+
+def build_clip_from_config(model_cfg: dict) -> open_clip.CLIP:
+    """Build an open_clip ``CLIP`` from a plain config dict (as stored in idclab checkpoints)."""
+    return open_clip.CLIP(**model_cfg)
+
+
+def _load_shapes_clip() -> open_clip.CLIP:
+    """Load the shipped shapes-clip weights.
+
+    To stay small (the token table alone would be 25 MB), the asset stores the full weights except the 49,408-row
+    token embedding, of which it keeps only the rows that training ever updated (the Shapes vocabulary plus the
+    start/end tokens). The other rows are zero: shapes-clip never saw those words.
+    """
+    if not SHAPES_CLIP_PATH.exists():
+        raise FileNotFoundError(
+            f"The shapes-clip weights are missing ({SHAPES_CLIP_PATH}). Reinstall idclab, or recreate them with "
+            "`idclab train clip --profile toy` (see the README)."
+        )
+    asset = torch.load(SHAPES_CLIP_PATH, map_location="cpu", weights_only=True)
+    model = open_clip.CLIP(**asset["model_cfg"])
+    state = dict(asset["state_dict"])
+    table = torch.zeros_like(model.token_embedding.weight)
+    table[asset["token_ids"]] = asset["token_rows"]
+    state["token_embedding.weight"] = table
+    model.load_state_dict(state)
+    return model
+
+
+def pack_shapes_clip(model: open_clip.CLIP, model_cfg: dict, token_ids: torch.Tensor, metrics: dict, command: str) -> dict:
+    """The inverse of :func:`_load_shapes_clip`: a dict to ``torch.save`` as the shipped asset."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k != "token_embedding.weight"}
+    token_ids = torch.as_tensor(token_ids, dtype=torch.long).unique()
+    rows = model.token_embedding.weight.detach().cpu()[token_ids].clone()
+    return dict(model_cfg=model_cfg, state_dict=state, token_ids=token_ids, token_rows=rows, metrics=metrics,
+                command=command)
+
+
+def shapes_clip_record() -> dict:
+    """The recorded metrics and the reproducing command stored with the shipped shapes-clip weights."""
+    asset = torch.load(SHAPES_CLIP_PATH, map_location="cpu", weights_only=True)
+    return dict(metrics=asset["metrics"], command=asset["command"], model_cfg=asset["model_cfg"])
+
+
+def model_config(model: open_clip.CLIP) -> dict:
+    """A JSON-able description of the backbone, stored with checkpoints so that a mismatched one is refused later."""
+    return dict(name=getattr(model, "idclab_name", type(model).__name__), embed_dim=int(model.text_projection.shape[1]),
+                image_size=image_size(model), context_length=int(model.context_length))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def get_tokenizer() -> open_clip.tokenizer.SimpleTokenizer:
+    """CLIP's BPE tokenizer (vocabulary 49,408; SOT 49406, EOT 49407, pad 0). Offline: the vocabulary ships in open_clip."""
+    return open_clip.tokenizer.SimpleTokenizer()
+
+
+def token_id(word: str) -> int:
+    """The single BPE id of ``word`` (e.g. ``token_id("*") == 265``); error if it splits into several tokens."""
+    ids = get_tokenizer().encode(word)
+    if len(ids) != 1:
+        raise ValueError(f"{word!r} is not a single CLIP token (it encodes to {ids}); choose a one-token word.")
+    return ids[0]
+
+
+def tokenize(texts: str | Sequence[str], *, context_length: int = 77, max_words: int | None = None) -> torch.Tensor:
+    """Tokenise to at most ``max_words`` tokens (SOT and EOT included, EOT kept when truncating), padded to ``context_length``.
+
+    CLIP4IDC feeds 32-token captions to a 77-context model; thanks to the causal mask, the EOT feature of the
+    32-token sequence padded to 77 is exactly that of the 32-token model the reference slices out.
+
+    Returns:
+        LongTensor [N, context_length].
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    if not all(isinstance(t, str) for t in texts):
+        raise TypeError("tokenize() takes a string or a sequence of strings.")
+    max_words = context_length if max_words is None else max_words
+    if not 2 <= max_words <= context_length:
+        raise ValueError(f"max_words={max_words} must lie in [2, context_length={context_length}].")
+    ids = get_tokenizer()(list(texts), context_length=max_words)  # [N, max_words], EOT kept on truncation
+    return F.pad(ids, (0, context_length - max_words))  # [N, context_length]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------------------------------
+
+MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN)  # [3]
+STD = torch.tensor(open_clip.OPENAI_DATASET_STD)  # [3]
+
+
+def image_size(model: open_clip.CLIP) -> int:
+    """Side of the square input the visual tower expects (positional embeddings are fixed to that grid)."""
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def load_image(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    """Read an image as uint8 RGB [H, W, 3], with these documented conversions:
+
+    * grayscale (``L``, ``I;16``, [H, W] or [H, W, 1] arrays) -> the gray value copied into R, G and B;
+    * RGBA / LA / palette with transparency -> composited onto a white background (CLEVR's PNGs are RGBA);
+    * anything else PIL can open -> converted to RGB.
+    """
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.exists():
+            raise FileNotFoundError(f"No image at {path}.")
+        with Image.open(path) as im:
+            return load_image(im.copy())
+    if isinstance(image, Image.Image):
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, rgba)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if isinstance(image, np.ndarray):
+        return _as_rgb_array(image)
+    raise TypeError(f"Cannot read an image from {type(image).__name__}; pass a path, a PIL image or a uint8 array.")
+
+
+def _as_rgb_array(a: np.ndarray) -> np.ndarray:
+    if a.dtype != np.uint8:
+        raise ValueError(
+            f"Image arrays must be uint8 in 0..255 (got {a.dtype}); convert with (x * 255).round().astype(np.uint8) "
+            "if yours are floats in 0..1."
+        )
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3:
+        raise ValueError(f"An image array must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]; got shape {a.shape}.")
+    if a.shape[2] == 1:
+        return np.repeat(a, 3, axis=2)
+    if a.shape[2] == 3:
+        return a
+    if a.shape[2] == 4:
+        return load_image(Image.fromarray(a, mode="RGBA"))
+    raise ValueError(
+        f"An image array must have 1, 3 or 4 channels last ([H, W, C]); got shape {a.shape}. If your array is "
+        "channels-first, transpose it with a.transpose(1, 2, 0)."
+    )
+
+
+def to_pixels(images, size: int, *, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Images -> the normalised float tensor a CLIP visual tower takes.
+
+    Accepts one image or a sequence (paths, PIL images, uint8 arrays [H, W, C]) or a uint8 array [B, H, W, C].
+    Every image goes through :func:`load_image`. An image of another size than ``size`` x ``size`` is resized to it
+    with bicubic interpolation, without keeping the aspect ratio and without cropping -- CLIP4IDC's preprocessing.
+
+    Returns:
+        float32 [B, 3, size, size], normalised with CLIP's mean and std.
+    """
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        batch = images
+    else:
+        if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
+            images = [images]
+        arrays = [load_image(im) for im in images]
+        if not arrays:
+            raise ValueError("to_pixels() got no images.")
+        arrays = [_resize(a, size) for a in arrays]
+        batch = np.stack(arrays)
+    if batch.dtype != np.uint8:
+        raise ValueError(f"Image batches must be uint8 (got {batch.dtype}).")
+    if batch.shape[1:3] != (size, size):
+        batch = np.stack([_resize(_as_rgb_array(a), size) for a in batch])
+    elif batch.shape[3] != 3:
+        batch = np.stack([_as_rgb_array(a) for a in batch])
+    x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)  # [B, 3, S, S]
+    return (x - MEAN.to(device)[:, None, None]) / STD.to(device)[:, None, None]
+
+
+def _resize(a: np.ndarray, size: int) -> np.ndarray:
+    if a.shape[:2] == (size, size):
+        return a
+    return np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The visual tower's token sequence (ViT only)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _check_plain_vit(visual: torch.nn.Module) -> None:
+    if not isinstance(visual, open_clip.transformer.VisionTransformer):
+        raise TypeError(f"This needs a ViT visual tower; {type(visual).__name__} has no token sequence to split.")
+    if visual.attn_pool is not None or getattr(visual, "final_ln_after_pool", False) or visual.pool_type != "tok":
+        raise TypeError("This needs a ViT pooled by its class token (OpenAI-style CLIP); this tower pools otherwise.")
+
+
+def vit_embed(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Patchify, prepend the class token, add positions, ``ln_pre``: [B, 3, S, S] -> [B, 1 + grid**2, width]."""
+    _check_plain_vit(visual)
+    x = visual.conv1(pixels)  # [B, width, grid, grid]
+    x = x.flatten(2).transpose(1, 2)  # [B, grid**2, width]
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, width]
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # [B, 1 + grid**2, width]
+    x = visual.patch_dropout(x)
+    return visual.ln_pre(x)
+
+
+def vit_blocks(visual: torch.nn.Module, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Run transformer blocks ``start:stop`` on a token sequence [B, T, width] (any T: CLIP4IDC runs pairs of 2 images)."""
+    transformer = visual.transformer
+    blocks = transformer.resblocks[start:stop]
+    if not transformer.batch_first:
+        x = x.transpose(0, 1)  # [T, B, width]
+    for block in blocks:
+        x = block(x)
+    if not transformer.batch_first:
+        x = x.transpose(0, 1)
+    return x
+
+
+def vit_project(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``ln_post`` and ``proj`` on every token: [B, T, width] -> [B, T, embed_dim]."""
+    x = visual.ln_post(x)
+    return x @ visual.proj if visual.proj is not None else x
+
+
+def image_tokens(model: open_clip.CLIP, pixels: torch.Tensor) -> torch.Tensor:
+    """All projected tokens of the visual tower, class token first: [B, 3, S, S] -> [B, 1 + grid**2, embed_dim].
+
+    Token 0 equals ``model.encode_image(pixels)`` (a test checks it).
+    """
+    visual = model.visual
+    return vit_project(visual, vit_blocks(visual, vit_embed(visual, pixels)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text encoding with pseudo-word tokens (Pic2Word)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def pseudo_token_hook(model: open_clip.CLIP, pseudo: torch.Tensor, placeholder_id: int) -> Iterator[None]:
+    """While active, the token-embedding output at every ``placeholder_id`` position of row b is ``pseudo[b]``.
+
+    ``pseudo``: [B, width] (one vector per text in the batch). The hook is always removed on exit.
+    """
+
+    def hook(module, inputs, output):  # output: [B, L, width]
+        ids = inputs[0]  # [B, L]
+        if ids.shape[0] != pseudo.shape[0]:
+            raise ValueError(f"{ids.shape[0]} texts but {pseudo.shape[0]} pseudo-token vectors; give one per text.")
+        mask = (ids == placeholder_id).unsqueeze(-1)  # [B, L, 1]
+        return torch.where(mask, pseudo[:, None, :].to(output.dtype), output)
+
+    handle = model.token_embedding.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def encode_text_with_pseudo_tokens(
+    model: open_clip.CLIP,
+    tokens: torch.Tensor,
+    pseudo: torch.Tensor,
+    *,
+    placeholder: str = PLACEHOLDER,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """Encode texts in which the placeholder word's embedding is replaced by a per-text vector.
+
+    Args:
+        tokens: LongTensor [B, L] from :func:`tokenize`; every row must contain the placeholder.
+        pseudo: [B, width] vectors in the token-embedding space (gradients flow into them).
+        placeholder: the word whose embedding is replaced (``*`` in Pic2Word).
+    Returns:
+        [B, embed_dim] text features (the end-of-text token after ``ln_final`` and the text projection).
+    """
+    pid = token_id(placeholder)
+    missing = (~(tokens == pid).any(dim=1)).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(
+            f"Texts {missing} contain no placeholder {placeholder!r}; write the prompt with it, e.g. 'a photo of "
+            f"{placeholder}'. (Keep it a separate word: in '{placeholder},' BPE may merge it with the comma.)"
+        )
+    width = model.token_embedding.weight.shape[1]
+    if pseudo.ndim != 2 or pseudo.shape[1] != width:
+        raise ValueError(f"pseudo must be [B, {width}] (the token-embedding width); got {tuple(pseudo.shape)}.")
+    with pseudo_token_hook(model, pseudo, pid):
+        return model.encode_text(tokens, normalize=normalize)
