@@ -1,0 +1,484 @@
+"""One small trainer for every idclab stage (CLIP pretraining, CLIP4IDC adaptation and captioning, Pic2Word, Combiner).
+
+What it does, and nothing else:
+
+* mixed precision on GPUs -- bf16 where supported, else fp16 with a gradient scaler; fp32 master weights always
+  (autocast never touches the stored weights); fp32 on the CPU;
+* gradient accumulation; gradient clipping; AdamW with warm-up + cosine/linear/constant schedule;
+* a tqdm bar showing the loss; a ``history`` of logged values to plot;
+* checkpoints -- periodic, at the end, and on Ctrl-C / kernel interrupt -- holding the model, optimiser, scheduler,
+  scaler, all RNG states, the data position and the config; **exact resume**: a run interrupted mid-epoch and
+  resumed ends with bit-identical weights to an uninterrupted one (``tests/test_train.py``);
+* validation every ``eval_every`` steps via a user function; the best checkpoint is chosen on **validation**
+  metrics -- the trainer never sees a test split;
+* the same code under ``torchrun`` (DDP): ``torchrun --nproc_per_node 4 -m idclab.cli train ...``. Each process
+  loads ``batch_size`` samples per micro-batch, so the global batch is ``batch_size * world_size * grad_accum``.
+
+Contract with the caller: ``loss_fn(model, batch) -> loss`` (or ``(loss, {name: float})``), and datasets whose
+item ``i`` is a deterministic function of ``i`` (all idclab datasets are), so that the data position alone restores
+the data stream. Randomness inside ``loss_fn`` (dropout, augmentation with ``torch``) is restored from the saved RNG
+states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from idclab.configs import save_json, to_dict
+
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "load_checkpoint"]
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int  # optimiser steps to run (epochs follow from the dataset size)
+    batch_size: int  # samples per micro-batch (per process under DDP)
+    lr: float
+    grad_accum: int = 1  # micro-batches per optimiser step
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # "cosine" | "linear" | "constant" (after linear warm-up)
+    max_grad_norm: float | None = None  # global gradient-norm clipping
+    precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16" | "fp16"
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 10  # steps between history entries
+    eval_every: int | None = None  # steps between validations (None: only at the end)
+    ckpt_every: int | None = None  # steps between periodic checkpoints (None: only at the end / on interrupt)
+    select_metric: str | None = None  # validation metric that picks best.pt
+    select_mode: str = "max"  # "max" | "min"
+    progress: bool = True  # show a tqdm bar
+
+    def __post_init__(self):
+        checks = [
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.grad_accum >= 1, "grad_accum must be >= 1"),
+            (self.schedule in ("cosine", "linear", "constant"), "schedule must be 'cosine', 'linear' or 'constant'"),
+            (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be 'auto', 'fp32', 'bf16' or 'fp16'"),
+            (self.select_mode in ("max", "min"), "select_mode must be 'max' or 'min'"),
+            (0 <= self.warmup_steps <= self.max_steps, "warmup_steps must lie in [0, max_steps]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}.")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # {"step", "loss", "lr", ...} every log_every steps
+    val_history: list[dict] = field(default_factory=list)  # {"step", **metrics} at each validation
+    best: dict | None = None  # the val entry that chose best.pt
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data order that can be resumed mid-epoch
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class ResumableSampler(Sampler[int]):
+    """A fresh permutation per epoch, seeded by (seed, epoch), sharded by rank, starting at micro-batch ``start``."""
+
+    def __init__(self, n: int, *, seed: int, epoch: int, batch_size: int, start: int = 0, rank: int = 0, world: int = 1):
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        per_rank = (n // (world * batch_size)) * batch_size  # drop the ragged tail so every rank steps together
+        self.indices = order[rank * per_rank:(rank + 1) * per_rank][start * batch_size:].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _batches_per_epoch(n: int, batch_size: int, world: int) -> int:
+    return n // (world * batch_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# RNG state
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _LossModule(torch.nn.Module):
+    """Routes ``loss_fn`` through ``forward`` so that DDP sees the call and synchronises gradients."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch):
+        return self.loss_fn(self.model, batch)
+
+
+class Trainer:
+    """Train ``model`` by minimising ``loss_fn(model, batch)`` over ``train_data``.
+
+    Args:
+        model: any ``nn.Module``; only parameters with ``requires_grad`` are optimised.
+        loss_fn: ``(model, batch) -> loss`` or ``(loss, {name: value})``.
+        train_data: a map-style dataset whose items are deterministic per index.
+        config: :class:`TrainConfig`.
+        out_dir: where ``last.pt``, ``best.pt`` and ``config.json`` go (``None``: keep nothing on disk).
+        collate_fn: for the DataLoader.
+        val_fn: ``(model) -> {metric: float}`` on a validation split; runs every ``eval_every`` steps and at the end.
+        param_groups: optimiser parameter groups (e.g. a smaller learning rate for CLIP); default: weight decay on
+            matrices only, none on biases, norms, embeddings and scalars.
+        extra: JSON-able dict saved with checkpoints (the model and data configs), returned by :func:`load_checkpoint`.
+        on_step: ``(step, logs)`` called after each optimiser step (live plots, early stopping by raising).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[torch.nn.Module, Any], Any],
+        train_data: Dataset,
+        *,
+        config: TrainConfig,
+        out_dir: str | Path | None = None,
+        collate_fn: Callable | None = None,
+        val_fn: Callable[[torch.nn.Module], dict] | None = None,
+        param_groups: list[dict] | None = None,
+        extra: dict | None = None,
+        on_step: Callable[[int, dict], None] | None = None,
+        device: str | torch.device | None = None,
+    ):
+        if len(train_data) < 1:
+            raise ValueError("The training dataset is empty.")
+        self.config = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.train_data = train_data
+        self.collate_fn = collate_fn
+        self.val_fn = val_fn
+        self.extra = extra or {}
+        self.on_step = on_step
+
+        self.rank, self.world, local_rank = _init_distributed()
+        if device is None:
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.world > 1 and self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if _batches_per_epoch(len(train_data), config.batch_size, self.world) < 1:
+            raise ValueError(
+                f"The dataset ({len(train_data)} items) is smaller than one global micro-batch "
+                f"({config.batch_size} x {self.world} processes); lower batch_size."
+            )
+
+        _seed_everything(config.seed)
+        self.model = model.to(self.device)
+        self.wrapped = _LossModule(self.model, loss_fn)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(self.wrapped, device_ids=ids)
+
+        groups = param_groups if param_groups is not None else default_param_groups(self.model, config.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
+        self.amp_dtype = _amp_dtype(config.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+        # Data position and bookkeeping, all restored on resume.
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0  # micro-batches of this epoch consumed by completed optimiser steps
+        self.best_value: float | None = None
+        self.result = TrainResult()
+        self._rng_at_step = _rng_state()
+
+    # -- public ------------------------------------------------------------------------------------------------------
+
+    def fit(self, *, resume: str | Path | None = None) -> TrainResult:
+        """Train to ``max_steps``. ``resume``: a checkpoint path, or ``"auto"`` for ``out_dir/last.pt`` if it exists."""
+        if resume == "auto":
+            resume = self.out_dir / "last.pt" if self.out_dir and (self.out_dir / "last.pt").exists() else None
+        if resume is not None:
+            self._load(Path(resume))
+        if self.out_dir is not None and self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_json(self._config_record(), self.out_dir / "config.json")
+        cfg = self.config
+        start_time = time.time()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not cfg.progress or self.rank != 0,
+                   dynamic_ncols=True)
+        try:
+            while self.step < cfg.max_steps:
+                self._run_epoch(bar)
+        except KeyboardInterrupt:
+            if self.out_dir is not None:
+                self._save(self.out_dir / "last.pt", rng=self._rng_at_step)
+                bar.write(f"Interrupted at step {self.step}; saved {self.out_dir / 'last.pt'}. Resume with "
+                          "resume='auto'.")
+            raise
+        finally:
+            bar.close()
+        if self.val_fn is not None and (not self.result.val_history or self.result.val_history[-1]["step"] != self.step):
+            self._validate()
+        if self.out_dir is not None:
+            self.result.last_checkpoint = self._save(self.out_dir / "last.pt", rng=_rng_state())
+        self.result.seconds += time.time() - start_time
+        return self.result
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+
+    def _run_epoch(self, bar) -> None:
+        cfg = self.config
+        sampler = ResumableSampler(len(self.train_data), seed=cfg.seed, epoch=self.epoch, batch_size=cfg.batch_size,
+                                   start=self.batch_in_epoch, rank=self.rank, world=self.world)
+        # A private generator keeps the DataLoader from drawing on the global torch RNG (that would break resume).
+        loader = DataLoader(self.train_data, batch_size=cfg.batch_size, sampler=sampler, collate_fn=self.collate_fn,
+                            num_workers=cfg.num_workers, drop_last=True, generator=torch.Generator(),
+                            pin_memory=self.device.type == "cuda")
+        self.wrapped.train()
+        micro = 0
+        logs_sum: dict[str, float] = {}
+        for batch in loader:
+            batch = _to_device(batch, self.device)
+            sync = (micro + 1) % cfg.grad_accum == 0
+            ctx = self.wrapped.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
+            with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self.wrapped(batch)
+                loss, logs = (out if isinstance(out, tuple) else (out, {}))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"Loss is {loss.item()} at step {self.step}; lower the learning rate or "
+                                         "check the inputs.")
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+            micro += 1
+            for k, v in {"loss": loss.item(), **logs}.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / cfg.grad_accum
+            if not sync:
+                continue
+            self._optimizer_step()
+            self.batch_in_epoch += cfg.grad_accum
+            self._rng_at_step = _rng_state()
+            self._after_step(bar, logs_sum)
+            logs_sum = {}
+            if self.step >= cfg.max_steps:
+                return
+        # The epoch ends; micro-batches that do not fill a whole accumulation are dropped (as with drop_last).
+        self.optimizer.zero_grad(set_to_none=True)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+
+    def _optimizer_step(self) -> None:
+        cfg = self.config
+        if cfg.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def _after_step(self, bar, logs: dict) -> None:
+        cfg = self.config
+        logs = {**logs, "lr": self.scheduler.get_last_lr()[0]}
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            self.result.history.append({"step": self.step, "epoch": self.epoch, **logs})
+        if self.val_fn is not None and cfg.eval_every and self.step % cfg.eval_every == 0:
+            self._validate()
+        if self.out_dir is not None and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+            self._save(self.out_dir / "last.pt", rng=self._rng_at_step)
+        if self.on_step is not None:
+            self.on_step(self.step, logs)
+
+    def _validate(self) -> None:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad():
+            metrics = dict(self.val_fn(model))
+        model.train(was_training)
+        entry = {"step": self.step, **metrics}
+        self.result.val_history.append(entry)
+        cfg = self.config
+        if cfg.select_metric is None:
+            return
+        if cfg.select_metric not in metrics:
+            raise KeyError(f"select_metric {cfg.select_metric!r} is not among the validation metrics {list(metrics)}.")
+        value = float(metrics[cfg.select_metric])
+        better = self.best_value is None or (value > self.best_value if cfg.select_mode == "max" else value < self.best_value)
+        if better:
+            self.best_value = value
+            self.result.best = entry
+            if self.out_dir is not None:
+                self.result.best_checkpoint = self._save(self.out_dir / "best.pt", rng=self._rng_at_step)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------------
+
+    def _config_record(self) -> dict:
+        return dict(train=to_dict(self.config), extra=self.extra, world_size=self.world)
+
+    def _save(self, path: Path, *, rng: dict) -> Path:
+        if self.rank == 0:
+            state = dict(
+                version=CHECKPOINT_VERSION,
+                model=self.model.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                scaler=self.scaler.state_dict(),
+                rng=rng,
+                position=dict(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch),
+                best_value=self.best_value,
+                result=dict(history=self.result.history, val_history=self.result.val_history, best=self.result.best),
+                **self._config_record(),
+            )
+            tmp = path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, path)  # atomic: an interrupt during the write never leaves a broken checkpoint
+        if self.world > 1:
+            dist.barrier()
+        return path
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        saved = state["train"]
+        mine = to_dict(self.config)
+        ignore = {"max_steps", "progress", "eval_every", "ckpt_every", "log_every", "num_workers"}
+        diff = {k for k in mine if k not in ignore and saved.get(k) != mine[k]}
+        if diff:
+            raise ValueError(
+                f"Cannot resume {path}: it was trained with other settings for {sorted(diff)} "
+                f"(saved {[saved.get(k) for k in sorted(diff)]}, now {[mine[k] for k in sorted(diff)]}). "
+                "Resume with the same config, or start a new run in another out_dir."
+            )
+        if state.get("world_size", 1) != self.world:
+            raise ValueError(f"{path} was written by {state.get('world_size')} processes; resume with the same number.")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        pos = state["position"]
+        self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch_in_epoch"]
+        self.best_value = state["best_value"]
+        self.result.history = list(state["result"]["history"])
+        self.result.val_history = list(state["result"]["val_history"])
+        self.result.best = state["result"]["best"]
+        _set_rng_state(state["rng"])
+        self._rng_at_step = state["rng"]
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
+    """Read an idclab checkpoint (``last.pt`` / ``best.pt``) with a clear error for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(state, dict) or "version" not in state or "model" not in state:
+        raise ValueError(f"{path} is not an idclab checkpoint (no version/model entries).")
+    if state["version"] > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} was written by a newer idclab (checkpoint version {state['version']}); upgrade idclab.")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def default_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (>= 2-D weights) only; none on biases, norms, embeddings, scalars, positional tables."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("bias")
+        (no_decay if skip else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        progress = min(progress, 1.0)
+        if cfg.schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type != "cuda" and precision == "fp16":
+        raise ValueError("fp16 autocast needs a CUDA device; use precision='fp32' or 'bf16' on the CPU.")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not isinstance(batch, str):
+        items = [_to_device(v, device) for v in batch]
+        return type(batch)(items) if not hasattr(batch, "_fields") else type(batch)(*items)
+    return batch
+

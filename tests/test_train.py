@@ -1,0 +1,150 @@
+"""idclab.train: learning happens, exact resume after an interrupt, best-on-val, config checks."""
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from idclab.train import ResumableSampler, Trainer, TrainConfig, load_checkpoint
+
+
+class Regression(Dataset):
+    """y = x @ w* + noise, item i a deterministic function of i."""
+
+    def __init__(self, n=96):
+        g = torch.Generator().manual_seed(123)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ torch.randn(8, 1, generator=g) + 0.01 * torch.randn(n, 1, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def make_model():
+    torch.manual_seed(7)
+    # Dropout makes the run depend on the torch RNG, which resume must restore.
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.2), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+
+def mse(model, batch):
+    x, y = batch
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    return loss, {"abs_err": (model(x) - y).abs().mean().item()}
+
+
+CFG = TrainConfig(max_steps=14, batch_size=8, grad_accum=2, lr=3e-2, weight_decay=0.01, warmup_steps=3,
+                  max_grad_norm=1.0, log_every=1, progress=False)
+# 96 items / 8 = 12 micro-batches = 6 steps per epoch, so 14 steps cross two epoch boundaries.
+
+
+def test_loss_goes_down():
+    data = Regression()
+    result = Trainer(make_model(), mse, data, config=CFG).fit()
+    first, last = result.history[0]["loss"], result.history[-1]["loss"]
+    assert last < 0.5 * first
+    assert [h["step"] for h in result.history] == list(range(1, 15))
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["after_step", "mid_accumulation"])
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, where):
+    data = Regression()
+    full = Trainer(make_model(), mse, data, config=CFG, out_dir=tmp_path / "full").fit()
+    full_state = load_checkpoint(full.last_checkpoint)["model"]
+
+    # The same run, interrupted at step 8 (mid-epoch 2) with Ctrl-C ...
+    calls = {"n": 0}
+
+    def stop_after_8(step, logs):
+        if step == 8:
+            raise KeyboardInterrupt
+
+    def loss_that_stops(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 8 * 2 + 1:  # the first micro-batch after step 8: grads half accumulated
+            raise KeyboardInterrupt
+        return mse(model, batch)
+
+    kwargs = dict(on_step=stop_after_8) if where == "after_step" else {}
+    fn = mse if where == "after_step" else loss_that_stops
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_model(), fn, data, config=CFG, out_dir=tmp_path / "cut", **kwargs).fit()
+    saved = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert saved["position"]["step"] == 8
+
+    # ... and resumed in a fresh trainer with a freshly initialised (different) model and other global RNG state.
+    torch.manual_seed(999)
+    other = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.2), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    resumed = Trainer(other, mse, data, config=CFG, out_dir=tmp_path / "cut").fit(resume="auto")
+    resumed_state = load_checkpoint(resumed.last_checkpoint)["model"]
+    for key in full_state:
+        assert torch.equal(full_state[key], resumed_state[key]), key
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+
+
+def test_best_checkpoint_is_chosen_on_validation(tmp_path):
+    data = Regression()
+    scores = iter([0.3, 0.9, 0.5, 0.1])
+
+    def val_fn(model):
+        return {"score": next(scores)}
+
+    cfg = TrainConfig(max_steps=8, batch_size=8, lr=1e-2, eval_every=2, select_metric="score", progress=False)
+    result = Trainer(make_model(), mse, data, config=cfg, out_dir=tmp_path, val_fn=val_fn).fit()
+    assert [v["step"] for v in result.val_history] == [2, 4, 6, 8]
+    assert result.best == {"step": 4, "score": 0.9}
+    assert load_checkpoint(result.best_checkpoint)["position"]["step"] == 4
+    assert (tmp_path / "config.json").exists()
+
+
+def test_validation_does_not_disturb_training_randomness():
+    data = Regression()
+    cfg = TrainConfig(max_steps=6, batch_size=8, lr=1e-2, eval_every=2, progress=False)
+    a = Trainer(make_model(), mse, data, config=cfg).fit()
+    b = Trainer(make_model(), mse, data, config=cfg, val_fn=lambda m: {"r": torch.rand(1).item()}).fit()
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    data = Regression()
+    Trainer(make_model(), mse, data, config=TrainConfig(max_steps=2, batch_size=8, lr=1e-2, progress=False),
+            out_dir=tmp_path).fit()
+    other = TrainConfig(max_steps=4, batch_size=4, lr=1e-2, progress=False)
+    with pytest.raises(ValueError, match=r"other settings for \['batch_size'\]"):
+        Trainer(make_model(), mse, data, config=other, out_dir=tmp_path).fit(resume="auto")
+
+
+def test_bad_configs_and_inputs():
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(max_steps=1, batch_size=1, lr=1e-3, schedule="step")
+    with pytest.raises(ValueError, match="smaller than one global micro-batch"):
+        Trainer(make_model(), mse, Regression(n=4), config=TrainConfig(max_steps=1, batch_size=8, lr=1e-3))
+    with pytest.raises(ValueError, match="fp16 autocast needs a CUDA"):
+        Trainer(make_model(), mse, Regression(), config=TrainConfig(max_steps=1, batch_size=8, lr=1e-3,
+                                                                    precision="fp16"), device="cpu")
+
+    def nan_loss(model, batch):
+        return model(batch[0]).sum() * float("nan")
+
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        Trainer(make_model(), nan_loss, Regression(), config=TrainConfig(max_steps=1, batch_size=8, lr=1e-3,
+                                                                         progress=False)).fit()
+    with pytest.raises(ValueError, match="not an idclab checkpoint"):
+        path = "/tmp/idclab_not_a_ckpt.pt"
+        torch.save({"a": 1}, path)
+        load_checkpoint(path)
+
+
+def test_sampler_shards_and_resumes():
+    full = ResumableSampler(20, seed=1, epoch=0, batch_size=3).indices
+    assert len(full) == 18 and len(set(full)) == 18
+    assert ResumableSampler(20, seed=1, epoch=0, batch_size=3, start=2).indices == full[6:]
+    r0 = ResumableSampler(20, seed=1, epoch=0, batch_size=3, rank=0, world=2).indices
+    r1 = ResumableSampler(20, seed=1, epoch=0, batch_size=3, rank=1, world=2).indices
+    assert len(r0) == len(r1) == 9 and not set(r0) & set(r1)
+    assert ResumableSampler(20, seed=1, epoch=1, batch_size=3).indices != full
