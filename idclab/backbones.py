@@ -135,7 +135,7 @@ def load_clip(
     if name == SHAPES_CLIP:
         if pretrained is not None:
             raise ValueError("'shapes-clip' carries its own weights; call load_clip('shapes-clip') without pretrained.")
-        model = _load_shapes_clip()
+        model = load_shapes_clip_file(SHAPES_CLIP_PATH)
     elif name in TINY_CONFIGS:
         if pretrained is not None:
             raise ValueError(f"{name!r} is a random-weight test config; it has no pretrained weights.")
@@ -151,19 +151,19 @@ def build_clip_from_config(model_cfg: dict) -> open_clip.CLIP:
     return open_clip.CLIP(**model_cfg)
 
 
-def _load_shapes_clip() -> open_clip.CLIP:
-    """Load the shipped shapes-clip weights.
+def load_shapes_clip_file(path: str | Path) -> open_clip.CLIP:
+    """Load shapes-clip weights from an asset file (``load_clip("shapes-clip")`` reads the shipped one).
 
     To stay small (the token table alone would be 25 MB), the asset stores the full weights except the 49,408-row
     token embedding, of which it keeps only the rows that training ever updated (the Shapes vocabulary plus the
     start/end tokens). The other rows are zero: shapes-clip never saw those words.
     """
-    if not SHAPES_CLIP_PATH.exists():
+    if not Path(path).exists():
         raise FileNotFoundError(
-            f"The shapes-clip weights are missing ({SHAPES_CLIP_PATH}). Reinstall idclab, or recreate them with "
+            f"The shapes-clip weights are missing ({path}). Reinstall idclab, or recreate them with "
             "`idclab train clip --profile toy` (see the README)."
         )
-    asset = torch.load(SHAPES_CLIP_PATH, map_location="cpu", weights_only=True)
+    asset = torch.load(path, map_location="cpu", weights_only=True)
     model = open_clip.CLIP(**asset["model_cfg"])
     state = dict(asset["state_dict"])
     table = torch.zeros_like(model.token_embedding.weight)
@@ -174,7 +174,7 @@ def _load_shapes_clip() -> open_clip.CLIP:
 
 
 def pack_shapes_clip(model: open_clip.CLIP, model_cfg: dict, token_ids: torch.Tensor, metrics: dict, command: str) -> dict:
-    """The inverse of :func:`_load_shapes_clip`: a dict to ``torch.save`` as the shipped asset."""
+    """The inverse of :func:`load_shapes_clip_file`: a dict to ``torch.save`` as the shipped asset."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k != "token_embedding.weight"}
     token_ids = torch.as_tensor(token_ids, dtype=torch.long).unique()
     rows = model.token_embedding.weight.detach().cpu()[token_ids].clone()

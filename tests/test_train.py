@@ -148,3 +148,23 @@ def test_sampler_shards_and_resumes():
     r1 = ResumableSampler(20, seed=1, epoch=0, batch_size=3, rank=1, world=2).indices
     assert len(r0) == len(r1) == 9 and not set(r0) & set(r1)
     assert ResumableSampler(20, seed=1, epoch=1, batch_size=3).indices != full
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    # torchrun on the CPU with the gloo backend: the same Trainer, two processes, gradients all-reduced.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).parent / "ddp_worker.py"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", str(worker), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for key in r0["model"]:
+        assert torch.equal(r0["model"][key], r1["model"][key]), f"ranks diverged at {key}"
+    assert r0["history"][-1]["loss"] < 0.5 * r0["history"][0]["loss"]
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["world_size"] == 2 and saved["position"]["step"] == CFG.max_steps
