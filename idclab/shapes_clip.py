@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from idclab import backbones
-from idclab.configs import get_profile
+from idclab.configs import get_profile, save_json
 from idclab.data.shapes import STYLES, ShapesCaptions
 from idclab.losses import symmetric_info_nce
 from idclab.metrics.retrieval import recall_at_k, topk_search
@@ -178,4 +178,7 @@ def export_shapes_clip(checkpoint: str | Path, out: str | Path = backbones.SHAPE
     packed = torch.load(out, map_location="cpu", weights_only=True)
     packed["metrics"] = metrics
     torch.save(packed, out)
+    # A readable copy of the record beside the weights.
+    save_json(dict(metrics=metrics, command=command, model_cfg=model_cfg, pretrain=dataclasses.asdict(config),
+                   token_rows_kept=int(changed.numel()), bytes=out.stat().st_size), out.with_suffix(".json"))
     return metrics

@@ -165,3 +165,26 @@ def test_to_pixels_resizes_odd_sizes_and_normalises():
     assert bb.to_pixels(batch, 64).shape == (4, 3, 64, 64)
     with pytest.raises(ValueError, match="no images"):
         bb.to_pixels([], 64)
+
+
+def test_shapes_clip_loads_offline_and_reproduces_its_recorded_figures():
+    import json
+    import subprocess
+    import sys
+    import time
+
+    start = time.time()
+    model = bb.load_clip("shapes-clip")
+    assert time.time() - start < 5.0  # loading is instant: no download, no training
+    assert bb.SHAPES_CLIP_PATH.stat().st_size <= 10 * 2**20
+    record = bb.shapes_clip_record()
+    assert record["command"].startswith("idclab train clip --profile toy")
+    proc = subprocess.run([sys.executable, "-m", "idclab.cli", "eval", "clip", "--model", "shapes-clip"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = json.loads(proc.stdout)
+    for key in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "gallery_size"):
+        assert measured[key] == record["metrics"][key], key
+    # Unseen token rows are zero; the Shapes vocabulary rows are not.
+    table = model.token_embedding.weight
+    assert table[bb.token_id("cube")].abs().sum() > 0 and table[bb.token_id("dog")].abs().sum() == 0

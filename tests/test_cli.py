@@ -70,7 +70,7 @@ def test_shapes_export_writes_the_clevr_change_layout(tmp_path):
     assert len(list((tmp_path / "images").glob("CLEVR_default_*.png"))) == 5
     assert len(list((tmp_path / "sc_images").glob("CLEVR_semantic_*.png"))) == 5
     idclab("shapes", "export", "--task", "cir", "--split", "val", "--n", "4", "--out", tmp_path / "cir")
-    caps = json.loads((tmp_path / "cir" / "captions" / "cap.rc2.val.json").read_text())
+    caps = json.loads((tmp_path / "cir" / "cirr" / "captions" / "cap.rc2.val.json").read_text())
     assert len(caps) == 4 and {"reference", "target_hard", "caption", "img_set"} <= set(caps[0])
 
 

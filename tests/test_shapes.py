@@ -552,24 +552,26 @@ def test_export_idc_layout_and_merge(tmp_path):
 def test_export_cir_layout(tmp_path):
     out = S.export_cir(tmp_path / "cirr", split="val", n=5, seed=0, size=40)
     S.export_cir(out, split="train", n=3, size=40)
-    entries = json.loads((out / "captions" / "cap.rc2.val.json").read_text())
-    paths = json.loads((out / "image_splits" / "split.rc2.val.json").read_text())
+    entries = json.loads((out / "cirr" / "captions" / "cap.rc2.val.json").read_text())
+    paths = json.loads((out / "cirr" / "image_splits" / "split.rc2.val.json").read_text())
     assert len(entries) == 5 and len(paths) == 30
-    assert (out / "captions" / "cap.rc2.train.json").exists()
+    assert (out / "cirr" / "captions" / "cap.rc2.train.json").exists()
+    S.export_cir(out, split="test", n=2, size=40)  # CIRR's test split is called test1
+    assert (out / "cirr" / "captions" / "cap.rc2.test1.json").exists() and (out / "test1" / "test1-1-ref.png").exists()
     for e in entries:
         assert set(e) == {"pairid", "reference", "target_hard", "target_soft", "caption", "img_set", "task", "domain"}
         members = e["img_set"]["members"]
         assert len(members) == len(set(members)) == 6
         assert members[e["img_set"]["reference_rank"]] == e["reference"]
         assert members[e["img_set"]["target_rank"]] == e["target_hard"] and e["target_soft"] == {e["target_hard"]: 1.0}
-        assert e["reference"] == f"shapes-val-{e['pairid']}-ref" and e["task"] in S.CIR_TASKS
+        assert e["reference"] == f"dev-{e['pairid']}-ref" and e["task"] in S.CIR_TASKS  # CIRR keeps val in dev/
         assert (e["domain"] is None) == (e["task"] != "domain")
         for name in members:
-            assert paths[name] == f"./val/{name}.png"
+            assert paths[name] == f"./dev/{name}.png"
             _open_rgb(out / paths[name], 40)
     item = S.ShapesTriplets("val", 5, size=40)[2]
     assert entries[2]["caption"] == item["text"]
-    assert np.array_equal(_open_rgb(out / "val" / "shapes-val-2-tgt.png", 40), item["target"])
+    assert np.array_equal(_open_rgb(out / "dev" / "dev-2-tgt.png", 40), item["target"])
     # members are not always in the same order (the reference is not always first)
     assert len({e["img_set"]["reference_rank"] for e in entries}) > 1
 

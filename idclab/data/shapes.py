@@ -1273,43 +1273,51 @@ def export_idc(out_dir, *, split: str, n: int, seed: int = 0, size: int = 64) ->
     return out
 
 
-def export_cir(out_dir, *, split: str, n: int, seed: int = 0, size: int = 64) -> Path:
-    """Write ``n`` CIR triplets of ``split`` in the CIRR layout; returns ``out_dir``.
+# CIRR names its splits train / val / test1 in the annotation files and keeps val images in a folder called "dev".
+CIRR_SPLIT = {"train": "train", "val": "val", "test": "test1"}
+CIRR_IMAGE_DIR = {"train": "train", "val": "dev", "test": "test1"}
 
-    out_dir/captions/cap.rc2.{split}.json: [{"pairid", "reference", "target_hard", "target_soft", "caption",
+
+def export_cir(out_dir, *, split: str, n: int, seed: int = 0, size: int = 64) -> Path:
+    """Write ``n`` CIR triplets of ``split`` in the CIRR layout (as CLIP4Cir expects it); returns ``out_dir``.
+
+    With s = CIRR_SPLIT[split] (train / val / test1) and d = CIRR_IMAGE_DIR[split] (train / dev / test1):
+    out_dir/cirr/captions/cap.rc2.{s}.json: [{"pairid", "reference", "target_hard", "target_soft", "caption",
     "img_set": {"id", "members" (reference, target and 4 negatives, shuffled), "reference_rank", "target_rank"},
-    "task", "domain"}]; out_dir/image_splits/split.rc2.{split}.json: {name: "./{split}/{name}.png"};
-    images at out_dir/{split}/{name}.png, names "shapes-{split}-{i}-ref" / "-tgt" / "-neg0".."-neg3".
-    Unlike the real CIRR test1 split (whose targets are hidden behind the evaluation server), the Shapes "test"
-    split keeps its targets. Other splits in the tree are left untouched.
+    "task", "domain"}] (the last two are Shapes additions; CIRR readers ignore them);
+    out_dir/cirr/image_splits/split.rc2.{s}.json: {name: "./{d}/{name}.png"}, resolved against out_dir;
+    images at out_dir/{d}/{name}.png, names "{d}-{i}-ref" / "-tgt" / "-neg0".."-neg3".
+    Unlike the real CIRR test1 split (whose targets are hidden behind the evaluation server), the Shapes test split
+    keeps its targets. Other splits in the tree are left untouched.
     """
     _check_split(split)
     _check_n(n)
     _check_seed(seed)
     _check_size(size)
     out = Path(out_dir)
-    for sub in ("captions", "image_splits", split):
+    json_split, image_dir = CIRR_SPLIT[split], CIRR_IMAGE_DIR[split]
+    for sub in ("cirr/captions", "cirr/image_splits", image_dir):
         (out / sub).mkdir(parents=True, exist_ok=True)
     _update_meta(out, "cirr", split, int(n), int(seed), int(size))
     data = ShapesTriplets(split, n, seed=seed, size=size)
     entries, paths = [], {}
     for i in range(n):
         item = data[i]
-        names = {f"shapes-{split}-{i}-ref": item["reference"], f"shapes-{split}-{i}-tgt": item["target"]}
+        ref, tgt = f"{image_dir}-{i}-ref", f"{image_dir}-{i}-tgt"
+        names = {ref: item["reference"], tgt: item["target"]}
         for k, img in enumerate(item["negatives"]):
-            names[f"shapes-{split}-{i}-neg{k}"] = img
+            names[f"{image_dir}-{i}-neg{k}"] = img
         for name, img in names.items():
-            _save_png(img, out / split / f"{name}.png")
-            paths[name] = f"./{split}/{name}.png"
-        ref, tgt = f"shapes-{split}-{i}-ref", f"shapes-{split}-{i}-tgt"
+            _save_png(img, out / image_dir / f"{name}.png")
+            paths[name] = f"./{image_dir}/{name}.png"
         members = [str(m) for m in item_rng(seed, split, i, KIND_EXPORT).permutation(list(names))]
         entries.append({"pairid": i, "reference": ref, "target_hard": tgt, "target_soft": {tgt: 1.0},
                         "caption": item["text"],
                         "img_set": {"id": i, "members": members, "reference_rank": members.index(ref),
                                     "target_rank": members.index(tgt)},
                         "task": item["task"], "domain": item["domain"]})
-    _write_json(out / "captions" / f"cap.rc2.{split}.json", entries)
-    _write_json(out / "image_splits" / f"split.rc2.{split}.json", paths)
+    _write_json(out / "cirr" / "captions" / f"cap.rc2.{json_split}.json", entries)
+    _write_json(out / "cirr" / "image_splits" / f"split.rc2.{json_split}.json", paths)
     return out
 
 
@@ -1319,5 +1327,6 @@ __all__ = [
     "N_NEGATIVES", "IDC_ID_STRIDE", "KIND_CAPTION", "KIND_PAIR", "KIND_TRIPLET", "KIND_EXPORT",
     "ShapeObject", "Scene", "IDCPair", "CIRTriplet", "scene_key", "item_rng", "sample_scene", "render", "clear_caches",
     "describe_scene", "referring_expression", "relation_holds", "full_description", "make_idc_pair",
-    "make_cir_triplet", "ShapesCaptions", "ShapesPairs", "ShapesTriplets", "export_idc", "export_cir",
+    "make_cir_triplet", "ShapesCaptions", "ShapesPairs", "ShapesTriplets", "export_idc", "export_cir", "CIRR_SPLIT",
+    "CIRR_IMAGE_DIR",
 ]

@@ -65,6 +65,7 @@ __all__ = [
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 _MAX_LISTED = 10  # how many offending ids an error message lists
+_TOKENIZER_LOCK = threading.Lock()
 
 # The JSON layouts load_caption_json accepts, quoted in its error messages.
 _FORMATS = {
@@ -454,10 +455,29 @@ def _tokenize(refs: list[list[str]], hyps: list[str]) -> tuple[dict[int, list[st
     return _run_tokenizer(gts_in), _run_tokenizer(res_in)
 
 
+class _QuietSubprocess:
+    """Stands in for ``subprocess`` inside pycocoevalcap's tokenizer module: same Popen, but Java's stderr is piped.
+
+    Otherwise every call prints "PTBTokenizer tokenized N tokens at X tokens per second" into notebooks and logs.
+    """
+
+    PIPE = subprocess.PIPE
+
+    @staticmethod
+    def Popen(*args, **kwargs):  # noqa: N802 (mirrors subprocess.Popen)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(*args, **kwargs)
+
+
 def _run_tokenizer(captions: dict[int, list[dict]]) -> dict[int, list[str]]:
     tokenizer_dir = os.path.dirname(os.path.abspath(_ptb.__file__))  # where pycocoevalcap writes its temp file
     try:
-        out = PTBTokenizer().tokenize(captions)
+        with _TOKENIZER_LOCK:
+            _ptb.subprocess = _QuietSubprocess
+            try:
+                out = PTBTokenizer().tokenize(captions)
+            finally:
+                _ptb.subprocess = subprocess
     except OSError as e:
         if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise RuntimeError(
