@@ -1,0 +1,405 @@
+"""idclab.models.clip4idc: split encoder, pooling, adaptation loss, captioner, decoding, data, training, checkpoints."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from idclab import backbones as bb
+from idclab.data.shapes import ShapesPairs
+from idclab.models import clip4idc as c
+from idclab.train import Trainer
+
+SMOKE = c.config_for("shapes", "smoke")  # idc-micro: ViT 2 blocks, width 32, 32 px, patch 8 -> T = 17
+
+
+def build(stage="adapt", *, intra=None, seed=0):
+    torch.manual_seed(seed)
+    cfg = SMOKE if intra is None else dataclasses.replace(
+        SMOKE, encoder=dataclasses.replace(SMOKE.encoder, intra_layers=intra))
+    return c.CLIP4IDC(cfg, stage=stage)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return ShapesPairs("train", 16, size=32)
+
+
+def batch_for(model, pairs, stage_cfg, n=8):
+    samples = c.PairSamples.for_stage(pairs, stage_cfg)
+    return model.collate()([samples[i] for i in range(n)])
+
+
+def pixels(n=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.randn(n, 3, size, size, generator=g)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pair encoder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_token_counts_and_cls_indices_micro():
+    model = build()
+    assert c.tokens_per_image(model.clip) == 17 == 1 + (32 // 8) ** 2
+    assert model.encoder.joint_positional_embedding.shape == (34, 32)
+    before, after = pixels(3)
+    tokens = model.encoder(before, after)
+    assert tokens.shape == (3, 34, 32)
+    v = model.encode_pair(before, after)
+    torch.testing.assert_close(v, (tokens[:, 0] + tokens[:, 17]) / 2)  # recomputed by hand: tokens 0 and T
+
+
+def test_vit_b16_split_forward_uses_token_197():
+    torch.manual_seed(0)
+    clip = bb.load_clip("ViT-B-16")  # random weights, ~150M parameters
+    enc = c.PairEncoder(clip, intra_layers=9)
+    assert enc.n_tokens == 197 and enc.joint_positional_embedding.shape == (394, 768)
+    with torch.no_grad():
+        tokens = enc(*pixels(1, 224))
+        assert tokens.shape == (1, 394, 512)
+        torch.testing.assert_close(enc.pool(tokens), (tokens[:, 0] + tokens[:, 197]) / 2)
+        assert not torch.allclose(enc.pool(tokens), (tokens[:, 0] + tokens[:, 50]) / 2)  # not the hard-coded 50
+
+
+def test_without_joint_blocks_each_image_is_plain_clip():
+    # k = n_blocks and zero new embeddings: ln_post(ln_mid(x)) = ln_post(x) (ln_mid at init only standardises), so
+    # the two projected class tokens must equal CLIP's own encode_image of each image.
+    model = build(intra=2).eval()
+    enc = model.encoder
+    with torch.no_grad():
+        for p in (enc.bef_embedding, enc.aft_embedding, enc.joint_positional_embedding):
+            p.zero_()
+        before, after = pixels(2)
+        tokens = enc(before, after)
+        torch.testing.assert_close(tokens[:, 0], model.clip.encode_image(before), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(tokens[:, 17], model.clip.encode_image(after), atol=1e-4, rtol=1e-4)
+
+
+def test_joint_blocks_let_the_images_interact():
+    before, after = pixels(1)
+    for intra, interacts in ((1, True), (2, False)):
+        model = build(intra=intra).eval()
+        with torch.no_grad():
+            a = model.encoder(before, after)[:, 0]
+            b = model.encoder(before, after + 1.0)[:, 0]  # the before image's class token
+        assert (not torch.allclose(a, b)) == interacts
+
+
+def test_intra_layers_and_pixel_shape_are_validated():
+    with pytest.raises(ValueError, match=r"intra_layers=3 must lie in \[0, 2\]"):
+        build(intra=3)
+    model = build()
+    with pytest.raises(ValueError, match="to_pixels"):
+        model.encoder(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage 1: adaptation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_adaptation_loss_matches_the_formula(pairs):
+    model = build().eval()
+    batch = batch_for(model, pairs, SMOKE.adapt)
+    loss, logs = c.adaptation_loss(model, batch)
+    with torch.no_grad():
+        tokens = model.encoder(batch["before"], batch["after"])
+        v = F.normalize((tokens[:, 0] + tokens[:, 17]) / 2, dim=-1)
+        g = F.normalize(model.clip.encode_text(batch["text"]), dim=-1)
+        s = 100.0 * v @ g.T  # [B, B] = cos / 0.01
+        labels = torch.arange(len(v))
+        ip_t, t_ip = F.cross_entropy(s, labels), F.cross_entropy(s.T, labels)
+    torch.testing.assert_close(loss.detach(), (ip_t + t_ip) / 2)
+    assert logs["ip_t"] == pytest.approx(ip_t.item(), rel=1e-5) and logs["t_ip"] == pytest.approx(t_ip.item(), rel=1e-5)
+
+
+def test_adaptation_gradients_reach_every_trainable_parameter_only(pairs):
+    model = build()
+    loss, _ = model.loss(batch_for(model, pairs, SMOKE.adapt))
+    loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {f"encoder.clip.{n}" for n in ("visual.conv1.weight", "visual.class_embedding",
+                                                     "visual.positional_embedding", "visual.ln_pre.weight",
+                                                     "visual.ln_pre.bias", "token_embedding.weight",
+                                                     "positional_embedding", "logit_scale")}
+
+
+def test_param_groups_learning_rates_and_decay():
+    model = build("caption")
+    stage = dataclasses.replace(SMOKE.caption, lr=1.0, pair_lr=2.0, clip_lr=3.0, weight_decay=0.5)
+    groups = c.param_groups(model, stage)
+    where = {id(p): g for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(where) == sum(p.requires_grad for p in named.values())
+    assert where[id(named["captioner.head_bias"])]["lr"] == 1.0
+    assert where[id(named["encoder.joint_positional_embedding"])]["lr"] == 2.0
+    assert where[id(named["encoder.clip.visual.proj"])]["lr"] == 3.0
+    assert where[id(named["encoder.clip.visual.proj"])]["weight_decay"] == 0.5
+    for name in ("encoder.clip.visual.ln_post.bias", "encoder.bef_embedding", "captioner.decoder.0.mlp.0.bias"):
+        assert where[id(named[name])]["weight_decay"] == 0.0
+    assert id(model.clip.token_embedding.weight) not in where  # frozen (tied) token table
+
+
+def test_retrieval_scores_by_hand():
+    # 3 pairs; captions 0,1 -> pair 0, caption 2 -> pair 1, caption 3 -> pair 2.
+    eye = torch.eye(4)
+    pair = torch.stack([eye[0], eye[1], eye[2]])
+    text = F.normalize(torch.stack([eye[0] + 0.1 * eye[1], eye[2], eye[1], eye[2] + 0.5 * eye[1]]), dim=-1)
+    text_pair = torch.tensor([0, 0, 1, 2])
+    out = c.retrieval_scores(pair, text, text_pair, ks=(1, 2, 10))
+    # T->IP: caption 1 (= pair 2's vector) ranks pair 2 first and its own pair 0 second (tie with pair 1 at 0, lower
+    # index first); the other three captions hit at rank 1.
+    assert out["t_ip_R@1"] == pytest.approx(75.0) and out["t_ip_R@10"] == 100.0
+    # IP->T with group max: pairs 0 and 1 rank their own group first; pair 2 ranks group 0 first (caption 1, score 1)
+    # above its own group (caption 3, 0.894) -> miss at 1, hit at 2.
+    assert out["ip_t_R@1"] == pytest.approx(200 / 3) and out["ip_t_R@2"] == 100.0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage 2: the captioner
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_captioner_embeddings_are_tied_to_clip():
+    model = build("caption")
+    assert model.captioner.token_embedding.weight is model.clip.token_embedding.weight
+    assert model.captioner.positional_embedding is model.clip.positional_embedding
+    with pytest.raises(ValueError, match="DecoderConfig.width must be 32"):
+        c.Captioner(c.DecoderConfig(width=64, heads=2), model.clip.token_embedding, model.clip.positional_embedding)
+
+
+def test_caption_tensors_shift_and_pad():
+    inputs, targets = c.caption_tensors(["a red cube !;", "a"], max_tokens=32)
+    words, a = bb.get_tokenizer().encode("a red cube !;"), bb.token_id("a")
+    assert 0 in words  # BPE id 0 ("!" inside a word) is the reference's pad id; here it stays a target (pitfall 14)
+    n = len(words)
+    assert inputs.tolist() == [[c.SOT, *words], [c.SOT, a] + [0] * (n - 1)]
+    assert targets.tolist() == [[*words, c.EOT], [a, c.EOT] + [-100] * (n - 1)]
+    long_in, long_t = c.caption_tensors([" ".join(["cube"] * 50)], max_tokens=32)
+    assert long_in.shape == (1, 32) and long_t[0, -1] == c.EOT and long_in[0, 0] == c.SOT
+
+
+def test_loss_ignores_padding_and_averages_real_tokens(pairs):
+    model = build("caption").eval()
+    stage = dataclasses.replace(SMOKE.caption, no_change=False)
+    batch = batch_for(model, pairs, stage)
+    loss, _ = c.captioning_loss(model, batch)
+    pad = batch["caption_target"] == -100
+    assert pad.any()
+    noisy = dict(batch, caption_input=torch.where(pad, torch.randint(1, 49000, pad.shape), batch["caption_input"]))
+    torch.testing.assert_close(c.captioning_loss(model, noisy)[0], loss)  # padded inputs do not matter
+    with torch.no_grad():
+        logits = model.captioner(model.encoder(batch["before"], batch["after"]), batch["caption_input"])
+        logp = logits.log_softmax(-1)
+        t = batch["caption_target"]
+        manual = -logp.gather(2, t.clamp(min=0)[..., None])[..., 0][~pad].mean()
+    torch.testing.assert_close(loss, manual)
+    fewer = dict(batch, caption_target=batch["caption_target"].clone())
+    fewer["caption_target"][0, 0] = -100
+    assert not torch.allclose(c.captioning_loss(model, fewer)[0], loss)
+
+
+def test_decoder_layer_i_cross_attends_encoder_layer_i():
+    model = build("caption").eval()
+    cap = model.captioner
+    seen, produced = {}, {}
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: produced.__setitem__(i, o))
+             for i, layer in enumerate(cap.encoder)]
+    hooks += [layer.cross_attn.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, a[1]))
+              for i, layer in enumerate(cap.decoder)]
+    with torch.no_grad():
+        cap(model.encoder(*pixels(2)), torch.tensor([[c.SOT, 5, 6], [c.SOT, 7, 8]]))
+    for h in hooks:
+        h.remove()
+    assert len(cap.decoder) == 2 and not torch.allclose(produced[0], produced[1])
+    for i in range(len(cap.decoder)):
+        assert seen[i] is produced[i]
+
+
+def test_decoder_is_causal():
+    model = build("caption").eval()
+    ids = torch.tensor([[c.SOT, 10, 20, 30, 40]])
+    changed = ids.clone()
+    changed[0, 3] = 999
+    with torch.no_grad():
+        tokens = model.encoder(*pixels(1))
+        a, b = model.captioner(tokens, ids), model.captioner(tokens, changed)
+    torch.testing.assert_close(a[:, :3], b[:, :3])
+    assert not torch.allclose(a[:, 3:], b[:, 3:])
+
+
+def sequence_score(model, before, after, ids, max_len):
+    """Mean log-prob per generated token by teacher forcing (EOT counted when the caption ended)."""
+    ended = len(ids) < max_len
+    inputs = torch.tensor([[c.SOT, *ids]])
+    targets = torch.tensor([[*ids, c.EOT]]) if ended else torch.tensor([ids])
+    with torch.no_grad():
+        logp = model.captioner(model.encoder(before, after), inputs[:, :targets.shape[1]]).log_softmax(-1)
+    return logp.gather(2, targets[..., None]).sum().item() / targets.shape[1]
+
+
+def test_generate_greedy_and_beam():
+    model = build("caption", seed=3).eval()
+    before, after = pixels(3, seed=1)
+    texts = model.generate(before, after, max_len=6)
+    assert len(texts) == 3 and all(isinstance(t, str) and t for t in texts)
+    greedy = model.generate_ids(before, after, max_len=6)
+    with torch.no_grad():
+        memories = model.captioner.encode(model.encoder(before, after))
+    for b in range(3):
+        ids, score = model.captioner.beam_search([m[b:b + 1] for m in memories], 1, 6)
+        assert ids == greedy[b][0] and score == pytest.approx(greedy[b][1], abs=1e-5)  # beam 1 = greedy
+    beam = model.generate_ids(before, after, beam=3, max_len=6)
+    for b in range(3):
+        one = (before[b:b + 1], after[b:b + 1])
+        g = sequence_score(model, *one, greedy[b][0], 6)
+        assert g == pytest.approx(greedy[b][1], abs=1e-4)  # the reported score is the sequence's log-prob
+        assert sequence_score(model, *one, beam[b][0], 6) == pytest.approx(beam[b][1], abs=1e-4)
+        assert beam[b][1] >= g - 1e-5
+
+
+def test_generate_stops_at_eot():
+    model = build("caption").eval()
+    with torch.no_grad():
+        model.captioner.head_bias[c.EOT] = 1e4  # EOT always wins
+    assert model.generate_ids(*pixels(2), max_len=8) == [([], 0.0), ([], 0.0)]
+    assert model.generate(*pixels(2), beam=2) == ["", ""]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_distractor_swap_is_deterministic_per_index_and_about_half():
+    data = ShapesPairs("train", 100, size=32)
+    samples = c.PairSamples(data, repeats=3, distractor_swap_p=0.5, seed=7)
+    assert len(samples) == 300
+    flags = [samples[i]["swapped"] for i in range(300)]
+    assert 0.4 < np.mean(flags) < 0.6
+    assert flags[:20] == [c.PairSamples(data, repeats=3, distractor_swap_p=0.5, seed=7)[i]["swapped"]
+                          for i in range(20)]
+    i = flags.index(True)
+    item, s = data[i % 100], samples[i]
+    assert np.array_equal(s["before"], item["distractor"]) and s["caption"] in item["captions"]
+    j = flags.index(False)
+    assert np.array_equal(samples[j]["before"], data[j % 100]["before"])
+
+
+def test_repeats_cycle_through_every_caption(pairs):
+    samples = c.PairSamples(pairs, repeats=5, no_change=True)
+    for p in (0, 3):
+        seen = [samples[p + r * len(pairs)] for r in range(5)]
+        assert sorted(s["caption"] for s in seen) == sorted(pairs[p]["captions"])
+        assert sorted(s["no_change_caption"] for s in seen) == sorted(pairs[p]["no_change_captions"])
+
+
+def test_captioning_batch_has_the_no_change_term(pairs):
+    model = build("caption")
+    batch = batch_for(model, pairs, SMOKE.caption)
+    assert SMOKE.caption.no_change and {"distractor", "no_change_input", "no_change_target"} <= set(batch)
+    loss, logs = model.loss(batch)
+    assert set(logs) == {"change", "no_change"} and loss.item() == pytest.approx(logs["change"] + logs["no_change"])
+
+
+def test_collate_converts_sizes_and_needs_samples(pairs):
+    model = build()
+    item = dict(pairs[0], caption="x", before=np.zeros((48, 40, 4), np.uint8))  # RGBA, another size
+    batch = model.collate()([item, dict(pairs[1], caption="y")])
+    assert batch["before"].shape == (2, 3, 32, 32) and batch["text"].shape == (2, 32)
+    with pytest.raises(KeyError, match="PairSamples"):
+        model.collate()([pairs[0]])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["adapt", "caption"])
+def test_loss_decreases_on_a_fixed_batch(pairs, stage):
+    model = build(stage)
+    stage_cfg = getattr(SMOKE, stage)
+    batch = batch_for(model, pairs, stage_cfg)
+    opt = torch.optim.AdamW(c.param_groups(model, dataclasses.replace(stage_cfg, lr=3e-3, clip_lr=1e-3)))
+    losses = []
+    for _ in range(8):
+        loss, _ = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all() and losses[-1] < losses[0] - 0.3, losses
+
+
+def test_trainer_runs_both_stages_and_stage2_starts_from_stage1(pairs, tmp_path):
+    model = build("adapt")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    samples = c.PairSamples.for_stage(pairs, SMOKE.adapt)
+    cfg = c.trainer_config(SMOKE.adapt, len(samples), max_steps=6, log_every=1, progress=False)
+    result = Trainer(model, c.CLIP4IDC.loss, samples, config=cfg, collate_fn=model.collate(),
+                     param_groups=c.param_groups(model, SMOKE.adapt), out_dir=tmp_path / "adapt",
+                     extra=dict(model=model.model_config(), config=SMOKE.to_dict()), device="cpu").fit()
+    assert len(result.history) == 6 and all(np.isfinite(h["loss"]) and "ip_t" in h for h in result.history)
+    state = model.state_dict()
+    assert not torch.equal(state["encoder.joint_positional_embedding"], before["encoder.joint_positional_embedding"])
+    assert not torch.equal(state["encoder.clip.visual.proj"], before["encoder.clip.visual.proj"])
+    assert torch.equal(state["encoder.clip.visual.conv1.weight"], before["encoder.clip.visual.conv1.weight"])
+
+    ckpt = torch.load(tmp_path / "adapt" / "last.pt", weights_only=False)
+    captioner = build("caption", seed=1)
+    captioner.load_adapted(ckpt["model"], saved_config=ckpt["extra"]["model"])
+    for k, v in state.items():
+        assert torch.equal(captioner.state_dict()[k], v), k
+    samples = c.PairSamples.for_stage(pairs, SMOKE.caption)
+    cfg = c.trainer_config(SMOKE.caption, len(samples), max_steps=6, log_every=1, progress=False)
+    result = Trainer(captioner, c.CLIP4IDC.loss, samples, config=cfg, collate_fn=captioner.collate(),
+                     param_groups=c.param_groups(captioner, SMOKE.caption), device="cpu").fit()
+    assert all(np.isfinite(h["loss"]) and "no_change" in h for h in result.history)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configs and checkpoints
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_presets_carry_the_paper_values():
+    clevr = c.config_for("clevr", "paper")
+    assert (clevr.encoder.backbone, clevr.encoder.pretrained, clevr.encoder.intra_layers) == \
+        ("ViT-B-32-quickgelu", "openai", 9)
+    assert clevr.encoder.temperature == 0.01 and clevr.encoder.max_words == 32
+    assert (clevr.adapt.lr, clevr.adapt.weight_decay, clevr.adapt.schedule, clevr.adapt.batch_size,
+            clevr.adapt.epochs, clevr.adapt.distractor_swap_p) == (1e-4, 0.2, "cosine", 128, 12, 0.5)
+    assert (clevr.caption.weight_decay, clevr.caption.schedule, clevr.caption.epochs, clevr.caption.no_change,
+            clevr.caption.pair_lr) == (0.01, "linear", 50, True, clevr.caption.clip_lr)
+    d = clevr.decoder
+    assert (d.layers, d.width, d.heads, d.ffn, d.dropout, d.max_tokens, d.ignore_index) == \
+        (3, 512, 8, 2048, 0.1, 32, -100)
+    spot, ier = c.config_for("spot", "paper"), c.config_for("ier", "paper")
+    assert spot.adapt.epochs == 20 and spot.adapt.distractor_swap_p == 0 and not spot.caption.no_change
+    assert ier.adapt == spot.adapt and ier.caption == spot.caption
+    toy = c.config_for("shapes", "toy")
+    assert toy.encoder.backbone == "shapes-clip" and toy.decoder.width == 128 and toy.decoder.heads == 4
+    with pytest.raises(ValueError, match="config_for\\('shapes', 'toy'\\)"):
+        c.config_for("clevr", "toy")
+    assert c.CLIP4IDCConfig.from_dict(toy.to_dict()) == toy
+
+
+def test_check_compatible_refuses_another_backbone():
+    saved = build("caption").model_config()
+    other = dict(saved, encoder=dict(saved["encoder"], backbone="shapes-clip", embed_dim=128))
+    with pytest.raises(ValueError, match=r"backbone='idc-micro'.*backbone='shapes-clip'"):
+        c.check_compatible(saved, other)
+    stage1 = dict(saved, decoder=None)
+    c.check_compatible(stage1, saved)  # a stage-1 checkpoint fits a stage-2 model
+    with pytest.raises(ValueError, match="intra_layers"):
+        build(intra=2).load_adapted(build().state_dict(), saved_config=build().model_config())
