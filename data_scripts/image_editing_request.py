@@ -1,0 +1,216 @@
+"""Image-Editing-Request (Tan et al., ACL 2019): download, prepare the ground truth, verify.
+
+    python data_scripts/image_editing_request.py download --root DIR [--archive IMAGES.zip]
+    python data_scripts/image_editing_request.py prepare  --root DIR [--split test] [--out FILE]
+    python data_scripts/image_editing_request.py verify   --root DIR [--split all|train|val|test] [--update]
+
+CLIP4IDC's repository has no IER support at all (no loader, ground truth or script); this script and
+``idclab.data.image_editing_request`` are idclab's own.
+
+Sources. All URLs below are constructed from the reference notes and are **unverified offline** (they were written
+without network access; the steps are tested on small trees of the same layout only):
+
+* annotations, from GitHub raw (the README says ``data/``; the files live in ``dataset/adobe/``; branch ``master``
+  unverified)::
+
+      https://raw.githubusercontent.com/airsplay/VisualRelationships/master/dataset/adobe/{train,valid,test}.json
+      -> DIR/annotations/{train,valid,test}.json      (our split "val" reads valid.json)
+
+  No checksum is published; their sha256 is recorded in DIR/idclab_manifest.json.
+
+* images, from the archive.org mirror ``image-editing-dataset`` (the durable copy of the authors' Google Drive
+  folder 1p_hkPwRUiLl1RHV3DkzQk3ti-GzHzT7O): the file list comes from archive.org's metadata API::
+
+      https://archive.org/metadata/image-editing-dataset          -> {"files": [{"name", "size", "sha1", "md5"}, ...]}
+      https://archive.org/download/image-editing-dataset/<name>   each image or archive file of the item
+
+  archive.org publishes a sha1 (and md5) per file: each download is checked against it and resumes with HTTP Range.
+  Loose images are saved into DIR/images; archives (zip / tar) are kept in DIR/_downloads/ and extracted, every
+  image found moved, flattened, into DIR/images. Which files the item
+  holds was not checked. To use the Google Drive folder instead, download it in a browser (Drive zips a folder) and
+  pass the zip with ``--archive``.
+
+Terms: no licence stated; the images are Reddit users' photos and their edits. Research use; cite; do not re-host.
+
+``prepare`` writes the COCO-format ground truth of a split ({uid: sents}; 3 references per val / test pair).
+``verify`` lists every missing image, prints pairs / sentences per split, warns where they differ from the counted
+figures (3,061 / 383 / 495 pairs; 3,061 / 1,149 / 1,485 sentences), and records the uids in the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import urllib.parse
+from pathlib import Path
+
+import _common
+
+from idclab.data import image_editing_request as ier
+
+DATASET = "image_editing_request"
+ANNOTATION_URL = "https://raw.githubusercontent.com/airsplay/VisualRelationships/master/dataset/adobe/{name}"
+ARCHIVE_ORG_ITEM = "image-editing-dataset"
+METADATA_URL = f"https://archive.org/metadata/{ARCHIVE_ORG_ITEM}"
+FILE_URL = f"https://archive.org/download/{ARCHIVE_ORG_ITEM}/{{name}}"
+DRIVE_FOLDER = "https://drive.google.com/drive/folders/1p_hkPwRUiLl1RHV3DkzQk3ti-GzHzT7O"
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
+TERMS = dict(
+    paper="Tan, Dernoncourt, Lin, Bui, Bansal. Expressing Visual Relationships via Language. ACL 2019.",
+    sources=["annotations: " + ANNOTATION_URL.format(name="{train,valid,test}.json") + "  [unverified offline]",
+             f"images: https://archive.org/details/{ARCHIVE_ORG_ITEM} (mirror of {DRIVE_FOLDER}) "
+             f"[unverified offline]"],
+    terms="no licence stated by the authors; images are Reddit users' photos and edits. Research use; cite the "
+          "paper; do not re-host.",
+)
+
+
+def cmd_download(args) -> int:
+    root: Path = args.root
+    _common.print_terms("Image-Editing-Request", **TERMS)
+    for split in ier.SPLITS:
+        name = ier.SPLIT_FILES[split]
+        info = _common.download(ANNOTATION_URL.format(name=name), root / "annotations" / name)
+        _common.record_download(root, DATASET, f"annotations/{name}", info)
+    images = root / "images"
+    staging = root / "_downloads" / ARCHIVE_ORG_ITEM
+    archives: list[Path] = []
+    if args.archive is not None:
+        if not args.archive.is_file():
+            raise SystemExit(f"--archive {args.archive} does not exist.")
+        archives.append(args.archive)
+        _common.record_download(root, DATASET, f"images:{args.archive.name}", dict(
+            url=DRIVE_FOLDER, bytes=args.archive.stat().st_size, sha256=_common.file_hash(args.archive),
+            checksum="not published"))
+    else:
+        files = archive_org_files(_common.read_url_json(METADATA_URL))
+        print(f"  {len(files)} files to fetch from archive.org (checked against its sha1)", file=sys.stderr)
+        infos = {}
+        try:
+            for f in files:
+                checksum = ("sha1", f["sha1"]) if f.get("sha1") else ("md5", f["md5"]) if f.get("md5") else None
+                is_archive = f["name"].lower().endswith(ARCHIVE_SUFFIXES)
+                # loose images go straight to images/ (a re-run finds them there); archives are kept in staging
+                dest = staging / f["name"] if is_archive else images / Path(f["name"]).name
+                infos[f"archive.org:{f['name']}"] = _common.download(
+                    FILE_URL.format(name=urllib.parse.quote(f["name"])), dest, checksum=checksum,
+                    size=int(f["size"]) if f.get("size") else None, quiet=not is_archive)
+                if is_archive:
+                    archives.append(dest)
+        finally:  # one manifest write for all files, also when interrupted
+            manifest = _common.read_manifest(root, DATASET)
+            manifest["downloads"].update(infos)
+            _common.write_manifest(root, manifest)
+    tmp = root / "_extract"
+    for archive in archives:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        print(f"  extracting {archive} ...", file=sys.stderr)
+        _common.extract(archive, tmp)
+        _common.move_images(tmp, images)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    n = sum(1 for _ in images.iterdir()) if images.is_dir() else 0
+    print(f"Done: {n} files in {images}. Next:\n  python data_scripts/image_editing_request.py verify --root {root}")
+    return 0
+
+
+def archive_org_files(metadata: dict) -> list[dict]:
+    """The files of the archive.org item worth fetching: images and archives, not archive.org's own extras."""
+    out = []
+    for f in metadata.get("files", []):
+        name = f.get("name", "")
+        lower = name.lower()
+        if (name.startswith("__ia_thumb") or lower.endswith(("_meta.xml", "_files.xml", "_meta.sqlite", ".torrent",
+                                                              "_reviews.xml"))
+                or f.get("source") == "derivative"):
+            continue
+        if lower.endswith(ARCHIVE_SUFFIXES) or lower.endswith(_common.IMAGE_SUFFIXES):
+            out.append(f)
+        else:
+            print(f"  skipping {name} (neither an image nor an archive)", file=sys.stderr)
+    if not out:
+        raise RuntimeError(f"{METADATA_URL} lists no image or archive files. Download the images from {DRIVE_FOLDER} "
+                           f"in a browser and pass the zip with --archive.")
+    return out
+
+
+def cmd_prepare(args) -> int:
+    root: Path = args.root
+    gts, _ = ier.references(ier.read_split(root, args.split))
+    out: Path = args.out or root / "gt" / f"ier_{args.split}_change_captions_reformat.json"
+    _common.write_json(out, _common.coco_ground_truth(
+        gts, description=f"Image-Editing-Request {args.split} ({ier.SPLIT_FILES[args.split]}): uid -> requests"))
+    n_refs = sum(len(v) for v in gts.values())
+    print(f"wrote {out} ({len(gts):,} pairs, {n_refs:,} references)\n"
+          f"score generated captions ({{uid: caption}}) with\n  idclab score-captions {out} RESULTS.json")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    root: Path = args.root
+    if not root.is_dir():
+        print(f"ERROR: {root} does not exist. Download the data with\n  {ier.DOWNLOAD_COMMAND.format(root=root)}")
+        return 1
+    splits = list(ier.SPLITS) if args.split == "all" else [args.split]
+    report = root / "verify_missing.txt"
+    if report.exists():
+        report.unlink()
+    manifest = _common.read_manifest(root, DATASET)
+    problems, warnings_, entries = [], [], {}
+    for split in splits:
+        try:
+            pairs = ier.read_split(root, split)
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(f"ERROR {split}: {e}")
+            continue
+        n_sent = sum(len(p.captions) for p in pairs)
+        print(f"{split} ({ier.SPLIT_FILES[split]}): {len(pairs):,} pairs, {n_sent:,} sentences")
+        for what, observed, expected in zip(("pairs", "sentences"), (len(pairs), n_sent), ier.EXPECTED[split]):
+            w = _common.compare_count(f"{split} {what}", observed, expected, source="counted from the released files")
+            warnings_ += [w] if w else []
+        missing = ier.missing_files(pairs)
+        if missing:
+            _common.report_missing(root, split, missing, report)
+            problems.append(f"MISSING {split}: {len(missing)} image files (listed above)")
+        ids = [p.id for p in pairs]
+        if not args.update:
+            problems += _common.check_ids(manifest, split, ids)
+        entries[split] = dict(pairs=len(pairs), sentences=n_sent, ids=ids)
+    return _common.finish_verify(root, DATASET, entries, problems=problems, warnings_=warnings_, update=args.update)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python data_scripts/image_editing_request.py",
+                                     description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("download", help="fetch the annotations (GitHub) and the images (archive.org mirror)")
+    d.add_argument("--root", type=Path, required=True, help="where annotations/ and images/ will live")
+    d.add_argument("--archive", type=Path, default=None,
+                   help="use this zip of the images (e.g. the Google Drive folder) instead of archive.org")
+    d.set_defaults(func=cmd_download)
+    p = sub.add_parser("prepare", help="write the COCO-format evaluation ground truth of a split")
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--split", choices=ier.SPLITS, default="test")
+    p.add_argument("--out", type=Path, default=None, help="default: ROOT/gt/ier_<split>_change_captions_reformat.json")
+    p.set_defaults(func=cmd_prepare)
+    v = sub.add_parser("verify", help="list missing files, check counts, write / check the manifest")
+    v.add_argument("--root", type=Path, required=True)
+    v.add_argument("--split", choices=("all",) + ier.SPLITS, default="all")
+    v.add_argument("--update", action="store_true", help="rewrite the manifest's ids instead of comparing them")
+    v.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # the message says what to do
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
