@@ -74,7 +74,9 @@ def cmd_eval_clip(args) -> None:
         model = backbones.load_clip(config.arch)
         model.load_state_dict(state["model"])
         seed, n = config.seed, args.n or config.n_test
-    _print_json(dict(model=args.model, **shapes_clip.evaluate_retrieval(model, split=args.split, n=n, seed=seed)))
+    report = dict(model=args.model, **shapes_clip.evaluate_retrieval(model, split=args.split, n=n, seed=seed))
+    report.update(shapes_clip.attribute_probe(model, seed=seed))
+    _print_json(report)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
