@@ -44,7 +44,6 @@ recomputed per subset, as RCC's per-type tables do; CLIP4IDC itself has no per-t
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass

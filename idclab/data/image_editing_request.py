@@ -39,7 +39,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from torch.utils.data import Dataset
 
 from idclab.data._common import MAX_LISTED, read_image, check_image_size, position, listing
