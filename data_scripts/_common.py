@@ -343,3 +343,21 @@ def finish_verify(root: Path, dataset: str, splits: dict[str, dict], *, problems
     counts = ", ".join(f"{s} {v['pairs']:,} pairs" for s, v in splits.items())
     print(f"OK: {counts}; manifest {root / MANIFEST}")
     return 0
+
+
+def run_cli(parser, argv: list[str] | None) -> int:
+    """Parse, run the chosen subcommand and turn the library's errors (which name the fix) into exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # the message says what to do
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def write_prepared(out: Path, gts: dict[str, list[str]], *, description: str, id_name: str) -> None:
+    """Write the COCO-format ground truth of one split and say how to score against it."""
+    write_json(out, coco_ground_truth(gts, description=description))
+    n_refs = sum(len(v) for v in gts.values())
+    print(f"wrote {out} ({len(gts):,} pairs, {n_refs:,} references)\n"
+          f"score generated captions ({{{id_name}: caption}}) with\n  idclab score-captions {out} RESULTS.json")

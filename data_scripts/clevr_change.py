@@ -178,12 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # the message says what to do
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return _common.run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

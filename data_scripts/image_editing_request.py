@@ -140,11 +140,8 @@ def cmd_prepare(args) -> int:
     root: Path = args.root
     gts, _ = ier.references(ier.read_split(root, args.split))
     out: Path = args.out or root / "gt" / f"ier_{args.split}_change_captions_reformat.json"
-    _common.write_json(out, _common.coco_ground_truth(
-        gts, description=f"Image-Editing-Request {args.split} ({ier.SPLIT_FILES[args.split]}): uid -> requests"))
-    n_refs = sum(len(v) for v in gts.values())
-    print(f"wrote {out} ({len(gts):,} pairs, {n_refs:,} references)\n"
-          f"score generated captions ({{uid: caption}}) with\n  idclab score-captions {out} RESULTS.json")
+    _common.write_prepared(out, gts, id_name="uid",
+                           description=f"Image-Editing-Request {args.split} ({ier.SPLIT_FILES[args.split]}): uid -> requests")
     return 0
 
 
@@ -204,12 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # the message says what to do
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return _common.run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":
