@@ -140,8 +140,8 @@ def cmd_prepare(args) -> int:
     root: Path = args.root
     gts, _ = ier.references(ier.read_split(root, args.split))
     out: Path = args.out or root / "gt" / f"ier_{args.split}_change_captions_reformat.json"
-    _common.write_prepared(out, gts, id_name="uid",
-                           description=f"Image-Editing-Request {args.split} ({ier.SPLIT_FILES[args.split]}): uid -> requests")
+    description = f"Image-Editing-Request {args.split} ({ier.SPLIT_FILES[args.split]}): uid -> requests"
+    _common.write_prepared(out, gts, id_name="uid", description=description)
     return 0
 
 

@@ -89,8 +89,8 @@ def cmd_prepare(args) -> int:
     root: Path = args.root
     gts, _ = sd.references(sd.read_split(root, args.split))
     out: Path = args.out or root / "gt" / f"spot_{args.split}_change_captions_reformat.json"
-    _common.write_prepared(out, gts, id_name="img_id",
-                           description=f"Spot-the-Diff {args.split}: repeated img_ids merged, each sentence a reference")
+    description = f"Spot-the-Diff {args.split}: repeated img_ids merged, each sentence a reference"
+    _common.write_prepared(out, gts, id_name="img_id", description=description)
     return 0
 
 
