@@ -58,6 +58,7 @@ __all__ = [
 
 SHAPES_CLIP = "shapes-clip"
 SHAPES_CLIP_PATH = Path(__file__).parent / "assets" / "shapes_clip.pt"
+UNTRAINED_ROW_STD, UNTRAINED_ROW_SEED = 0.02, 49408  # shapes-clip's token rows for words it never saw
 
 # Tiny architectures built with random weights, for tests and for the smoke profile. Vocabulary stays at 49,408 so
 # the stock CLIP tokenizer (ids up to 49,407) works unchanged.
@@ -156,7 +157,10 @@ def load_shapes_clip_file(path: str | Path) -> open_clip.CLIP:
 
     To stay small (the token table alone would be 25 MB), the asset stores the full weights except the 49,408-row
     token embedding, of which it keeps only the rows that training ever updated (the Shapes vocabulary plus the
-    start/end tokens). The other rows are zero: shapes-clip never saw those words.
+    start/end tokens). The other rows get a fixed random initialisation, N(0, 0.02) as open_clip initialises the
+    table, from a seeded generator (the same on every load): shapes-clip never trained those words, but like a real
+    CLIP's rare words they stay distinct vectors, so a later stage can learn to read them (CLIP4IDC's captioner
+    ties its output layer to this table) instead of all sharing one zero vector.
     """
     if not Path(path).exists():
         raise FileNotFoundError(
@@ -166,7 +170,8 @@ def load_shapes_clip_file(path: str | Path) -> open_clip.CLIP:
     asset = torch.load(path, map_location="cpu", weights_only=True)
     model = open_clip.CLIP(**asset["model_cfg"])
     state = dict(asset["state_dict"])
-    table = torch.zeros_like(model.token_embedding.weight)
+    table = UNTRAINED_ROW_STD * torch.randn(model.token_embedding.weight.shape,
+                                            generator=torch.Generator().manual_seed(UNTRAINED_ROW_SEED))
     table[asset["token_ids"]] = asset["token_rows"]
     state["token_embedding.weight"] = table
     model.load_state_dict(state)

@@ -3,6 +3,9 @@
     idclab shapes export --task idc|cir --split S --n N --out DIR     write Shapes data in the real datasets' layouts
     idclab train clip --profile smoke|toy --out DIR                    pretrain a CLIP on Shapes scene descriptions
     idclab eval clip --model shapes-clip|CHECKPOINT                    text<->image R@1/5/10 on held-out Shapes (JSON)
+    idclab train clip4idc --profile P --dataset D --out DIR            CLIP4IDC: adaptation, then captioning
+    idclab eval clip4idc --checkpoint CKPT                             caption metrics per change type, retrieval (JSON)
+    idclab caption BEFORE AFTER --checkpoint CKPT [--beam N]           describe what changed between two images
     idclab score-captions GTS.json RES.json [--groups G.json]          BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (JSON)
 
 Every command that reports numbers prints one JSON object on stdout; progress goes to stderr.
@@ -80,6 +83,39 @@ def cmd_eval_clip(args) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# CLIP4IDC: train, eval, caption
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def cmd_train_clip4idc(args) -> None:
+    from idclab.models import clip4idc
+
+    cfg = clip4idc.config_for(args.dataset, args.profile)
+    for stage, steps in (("adapt", args.adapt_steps), ("caption", args.caption_steps)):
+        if steps is not None:
+            cfg = dataclasses.replace(cfg, **{stage: dataclasses.replace(getattr(cfg, stage), max_steps=steps)})
+    if args.freeze_clip:
+        cfg = dataclasses.replace(cfg, caption=dataclasses.replace(cfg.caption, freeze_clip=True))
+    stages = clip4idc.STAGES if args.stage == "both" else (args.stage,)
+    results = clip4idc.train(cfg, args.out, stages=stages, root=args.root, init=args.init, resume=args.resume)
+    _print_json({stage: dict(steps=r.history[-1]["step"] if r.history else None, seconds=round(r.seconds, 1),
+                             best_val=r.best, best_checkpoint=str(r.best_checkpoint))
+                 for stage, r in results.items()} | dict(profile=cfg.profile, dataset=cfg.dataset, out=str(args.out)))
+
+
+def cmd_eval_clip4idc(args) -> None:
+    from idclab.models import clip4idc
+
+    _print_json(clip4idc.evaluate(args.checkpoint, split=args.split, root=args.root, beam=args.beam, limit=args.n))
+
+
+def cmd_caption(args) -> None:
+    from idclab.models import clip4idc
+
+    print(clip4idc.caption(args.before, args.after, args.checkpoint, beam=args.beam))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # score-captions
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -125,12 +161,42 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--export", type=Path, default=None, help="also pack the best checkpoint as a shapes-clip asset")
     tc.set_defaults(func=cmd_train_clip)
 
+    t4 = train.add_parser("clip4idc", help="CLIP4IDC: adaptation (IP-T/T-IP retrieval), then captioning")
+    t4.add_argument("--profile", choices=["smoke", "toy", "paper"], default=None,
+                    help="default: $IDCLAB_PROFILE or toy (smoke and toy run on the Shapes world)")
+    t4.add_argument("--dataset", choices=["shapes", "clevr", "spot", "ier"], default="shapes")
+    t4.add_argument("--out", type=Path, required=True, help="run directory; OUT/adapt and OUT/caption hold checkpoints")
+    t4.add_argument("--root", type=Path, default=None, help="dataset folder (clevr, spot, ier), from data_scripts/")
+    t4.add_argument("--stage", choices=["both", "adapt", "caption"], default="both",
+                    help="'caption' alone starts from --init, or from the plain CLIP (ablation: no adaptation)")
+    t4.add_argument("--init", type=Path, default=None, help="stage-1 checkpoint or run folder for --stage caption")
+    t4.add_argument("--freeze-clip", action="store_true", help="ablation: keep CLIP frozen while captioning")
+    t4.add_argument("--adapt-steps", type=int, default=None, help="override the profile's stage-1 steps")
+    t4.add_argument("--caption-steps", type=int, default=None, help="override the profile's stage-2 steps")
+    t4.add_argument("--resume", action="store_true", help="continue each stage from its last.pt")
+    t4.set_defaults(func=cmd_train_clip4idc)
+
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     ec = ev.add_parser("clip", help="text<->image retrieval on held-out Shapes scenes")
     ec.add_argument("--model", default="shapes-clip", help="'shapes-clip' or a checkpoint from `idclab train clip`")
     ec.add_argument("--split", choices=["val", "test"], default="test")
     ec.add_argument("--n", type=int, default=None, help="gallery size (default: 1000, or the run's n_test)")
     ec.set_defaults(func=cmd_eval_clip)
+
+    e4 = ev.add_parser("clip4idc", help="caption metrics (x100) overall and per change type; retrieval R@1/5/10")
+    e4.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or run folder")
+    e4.add_argument("--split", choices=["val", "test"], default="test")
+    e4.add_argument("--root", type=Path, default=None, help="dataset folder (clevr, spot, ier)")
+    e4.add_argument("--beam", type=int, default=1, help="beam width (1: greedy, the reference's decoding)")
+    e4.add_argument("--n", type=int, default=None, help="evaluate the first N pairs only")
+    e4.set_defaults(func=cmd_eval_clip4idc)
+
+    cp = sub.add_parser("caption", help="describe the difference between two images with a CLIP4IDC checkpoint")
+    cp.add_argument("before", type=Path)
+    cp.add_argument("after", type=Path)
+    cp.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or run folder")
+    cp.add_argument("--beam", type=int, default=1, help="beam width (1: greedy)")
+    cp.set_defaults(func=cmd_caption)
 
     sc = sub.add_parser("score-captions", help="caption metrics with pycocoevalcap")
     sc.add_argument("gts", type=Path, help="JSON: id -> [references] (or COCO annotations format)")

@@ -5,7 +5,9 @@
 * :func:`show_triplets` -- composed-retrieval triplets (reference, text, target, and the near-miss set);
 * :func:`similarity_matrix` -- a CLIP similarity (logit) matrix as a heat map;
 * :func:`training_curves` -- logged values of a :class:`idclab.train.TrainResult` history;
-* :func:`retrieval_grid` -- queries and their top-k results, correct ones framed in green.
+* :func:`retrieval_grid` -- queries and their top-k results, correct ones framed in green;
+* :func:`pair_encoder_diagram` -- CLIP4IDC's split ViT (intra blocks per image, inter blocks on the pair);
+* :func:`attention_on_pair` -- attention over the before / after patch grids, on top of the images.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["image_grid", "show_pairs", "show_triplets", "similarity_matrix", "training_curves", "retrieval_grid"]
+__all__ = ["image_grid", "show_pairs", "show_triplets", "similarity_matrix", "training_curves", "retrieval_grid",
+           "pair_encoder_diagram", "attention_on_pair"]
 
 
 def _wrap(text: str, width: int) -> str:
@@ -123,7 +126,8 @@ def similarity_matrix(sim, *, row_labels: Sequence[str] | None = None, col_label
     if annotate and r * c <= 144:
         for i in range(r):
             for j in range(c):
-                ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+                bright = (sim[i, j] - sim.min()) / (np.ptp(sim) or 1.0) > 0.6  # dark text on light cells
+                ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7, color="k" if bright else "w")
     ax.set_yticks(range(r), [_wrap(s, 40) for s in row_labels] if row_labels else range(r), fontsize=7)
     ax.set_xticks(range(c), col_labels if col_labels else range(c), fontsize=7)
     ax.set_title(title)
@@ -177,4 +181,62 @@ def retrieval_grid(queries: Sequence[str | np.ndarray], gallery: Sequence[np.nda
             if i == 0:
                 row[j + 1].set_title(f"#{j + 1}", fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def pair_encoder_diagram(n_blocks: int, intra_layers: int, tokens_per_image: int, *,
+                         title: str | None = None) -> plt.Figure:
+    """CLIP4IDC's split ViT as boxes: ``intra_layers`` blocks per image, the rest over the concatenated pair."""
+    T, joint = tokens_per_image, n_blocks - intra_layers
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 6.2)
+    ax.axis("off")
+
+    def box(x, y, w, h, text, color):
+        ax.add_patch(plt.Rectangle((x, y), w, h, facecolor=color, edgecolor="black", lw=1))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8)
+
+    def arrow(x0, y0, x1, y1):
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(arrowstyle="->", lw=1))
+
+    for y, name in ((4.3, "before"), (1.1, "after")):
+        box(0.1, y, 1.3, 0.9, f"{name}\nimage", "#eeeeee")
+        box(1.8, y, 1.7, 0.9, f"patchify + CLS\n+ positions, ln_pre\n[T={T}, W]", "#dbe9f6")
+        box(3.9, y, 1.6, 0.9, f"blocks 0..{intra_layers - 1}\n(intra: alone)" if intra_layers else "(no intra\nblock)",
+            "#9ecae1")
+        arrow(1.4, y + 0.45, 1.8, y + 0.45)
+        arrow(3.5, y + 0.45, 3.9, y + 0.45)
+        arrow(5.5, y + 0.45, 6.0, 3.1 + (0.3 if name == "before" else -0.3))
+    ax.text(5.75, 5.35, "+ bef_embedding", fontsize=7, ha="center")
+    ax.text(5.75, 0.7, "+ aft_embedding", fontsize=7, ha="center")
+    box(6.0, 2.35, 1.5, 1.5, f"concat [2T={2 * T}, W]\n+ joint positions\nln_mid", "#fdd0a2")
+    box(7.9, 2.35, 1.1, 1.5, f"blocks {intra_layers}..{n_blocks - 1}\n(inter:\nthe pair)" if joint else "(no joint\nblock)",
+        "#fd8d3c")
+    arrow(7.5, 3.1, 7.9, 3.1)
+    box(9.2, 2.35, 0.75, 1.5, "ln_post\nproj\nv = mean\nCLS 0, T", "#c7e9c0")
+    arrow(9.0, 3.1, 9.2, 3.1)
+    ax.set_title(title or f"pair encoder: {intra_layers} of {n_blocks} blocks per image, {joint} on the pair", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def attention_on_pair(before: np.ndarray, after: np.ndarray, on_before: np.ndarray, on_after: np.ndarray, *,
+                      ax_row=None, vmax: float | None = None):
+    """Where a query looks: attention over the before / after patch grids ([g, g] each) on top of the two images.
+
+    With ``ax_row`` (two axes) it draws into them; otherwise it makes and returns a Figure.
+    """
+    fig = None
+    if ax_row is None:
+        fig, ax_row = plt.subplots(1, 2, figsize=(4.6, 2.5))
+    vmax = vmax if vmax is not None else float(max(on_before.max(), on_after.max()))
+    for ax, image, attn, name in ((ax_row[0], before, on_before, "before"), (ax_row[1], after, on_after, "after")):
+        _clean(ax)
+        h, w = image.shape[:2]
+        ax.imshow(image)
+        ax.imshow(attn, cmap="magma", alpha=0.55, extent=(0, w, h, 0), vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"{name}: {attn.sum():.0%} of the attention", fontsize=7)
+    if fig is not None:
+        fig.tight_layout()
     return fig

@@ -89,6 +89,25 @@ def test_joint_blocks_let_the_images_interact():
         assert (not torch.allclose(a, b)) == interacts
 
 
+def test_joint_attention_maps_are_the_joint_blocks_softmax():
+    before, after = pixels(2)
+    model = build(intra=0).eval()  # idc-micro: 2 blocks, both joint
+    maps = model.encoder.joint_attention(before, after)
+    assert len(maps) == 2 and maps[0].shape == (2, 34, 34)  # 2T = 2 x 17 tokens
+    torch.testing.assert_close(maps[1].sum(-1), torch.ones(2, 34))
+    # Recompute block 0's map by hand: heads' softmax(q k^T / sqrt(d)), averaged.
+    block = model.clip.visual.transformer.resblocks[0]
+    with torch.no_grad():
+        h = block.ln_1(model.encoder._joint_input(before, after))  # [B, 2T, W]
+        q, k, _ = (h @ block.attn.in_proj_weight.T + block.attn.in_proj_bias).chunk(3, dim=-1)
+        heads = block.attn.num_heads
+        q, k = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k))  # [B, heads, 2T, d]
+        manual = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1).mean(1)
+    torch.testing.assert_close(maps[0], manual)
+    # No joint block, no map.
+    assert len(build(intra=2).encoder.joint_attention(before, after)) == 0
+
+
 def test_intra_layers_and_pixel_shape_are_validated():
     with pytest.raises(ValueError, match=r"intra_layers=3 must lie in \[0, 2\]"):
         build(intra=3)

@@ -607,3 +607,15 @@ def test_bad_arguments_raise_helpful_errors(tmp_path):
     for fn, pattern in cases:
         with pytest.raises(ValueError, match=pattern):
             fn()
+
+
+def test_pairs_references_match_the_items_in_the_total_setting():
+    pairs = S.ShapesPairs("val", 12, size=32)
+    gts, groups = pairs.references()
+    assert list(gts) == [str(i) for i in range(12)] + [f"{i}_n" for i in range(12)]
+    for i in range(12):
+        item = pairs[i]
+        assert gts[str(i)] == item["captions"] and groups[str(i)] == item["change_type"]
+        assert gts[f"{i}_n"] == item["no_change_captions"] and groups[f"{i}_n"] == S.DISTRACTOR
+    only_change, _ = pairs.references(with_no_change=False)
+    assert list(only_change) == [str(i) for i in range(12)]

@@ -1161,6 +1161,20 @@ class ShapesPairs(_ShapesDataset):
                     captions=list(p.captions), no_change_captions=list(p.no_change_captions), target=p.target,
                     id=self._index(i))
 
+    def references(self, *, with_no_change: bool = True) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """(gts, groups) in CLEVR-Change's "Total" setting, as :meth:`idclab.data.clevr_change.CLEVRChange.references`:
+        pair ``i`` under id ``"i"`` with its change captions and change type, its distractor pair under ``"i_n"``
+        with the no-change captions and group ``"distractor"``. No image is rendered."""
+        gts: dict[str, list[str]] = {}
+        groups: dict[str, str] = {}
+        pairs = [self.pair(i) for i in range(self.n)]
+        for i, p in enumerate(pairs):
+            gts[str(i)], groups[str(i)] = list(p.captions), p.change_type
+        if with_no_change:
+            for i, p in enumerate(pairs):
+                gts[f"{i}_n"], groups[f"{i}_n"] = list(p.no_change_captions), DISTRACTOR
+        return gts, groups
+
 
 class ShapesTriplets(_ShapesDataset):
     """CIRR-like items: dict(reference, target, text, task, domain, negatives, id); tasks drawn from ``tasks``."""

@@ -33,34 +33,40 @@ Trainer's exact resume holds; with beam > 1 the greedy caption is kept as a cand
 mask alone (right padding follows EOT, so a padding mask would change nothing that is scored).
 
 Reading order: small blocks -> configs and presets -> pair encoder -> captioner (with decoding) -> the model ->
-losses -> training data -> optimisation helpers -> retrieval evaluation -> checkpoint compatibility.
+losses -> training data -> optimisation helpers -> retrieval evaluation -> checkpoint compatibility -> running it
+(data, the two stages, caption evaluation, captioning your own pair).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
+from tqdm.auto import tqdm
 
 from idclab import backbones
-from idclab.configs import from_dict, get_profile, to_dict
+from idclab.configs import from_dict, get_profile, pick_device, to_dict
 from idclab.losses import symmetric_info_nce
 from idclab.metrics.retrieval import recall_at_k, topk_search
-from idclab.train import TrainConfig
+from idclab.train import TrainConfig, Trainer, TrainResult, load_checkpoint
 
 __all__ = [
     "EncoderConfig", "DecoderConfig", "StageConfig", "CLIP4IDCConfig", "config_for", "DATASETS",
     "tokens_per_image", "PairEncoder", "PostLNLayer", "Captioner", "CLIP4IDC",
     "adaptation_loss", "captioning_loss", "caption_tensors", "PairSamples", "PairCollate",
     "param_groups", "trainer_config", "encode_for_retrieval", "retrieval_scores", "evaluate_retrieval",
-    "check_compatible",
+    "check_compatible", "load_pairs", "caption_pairs", "evaluate_captions", "train_stage", "train",
+    "resolve_checkpoint", "load_model", "caption", "evaluate",
 ]
 
 SOT, EOT = 49406, 49407  # CLIP BPE start / end of text (backbones.get_tokenizer)
@@ -128,12 +134,13 @@ class EncoderConfig:
     intra_layers: int = 9  # §2.2: blocks 0..8 per image, 9..11 joint (--intra_num_hidden_layers 9). 0: all joint;
     #                        = number of blocks: no joint block (the images meet only in ln_mid / the captioner)
     max_words: int = 32  # §3: caption length for the text tower, SOT and EOT included
-    temperature: float = 0.01  # §4.1: clamped logit scale 100 trained at 1e-7 = a fixed tau (pitfall 12)
+    temperature: float | None = 0.01  # §4.1: clamped logit scale 100 trained at 1e-7 = a fixed tau (pitfall 12);
+    #                                   None: the backbone's own learned 1 / logit_scale, frozen (0.01 for OpenAI CLIP)
     frozen: tuple[str, ...] = FROZEN_CLIP_PARTS  # §4.4
 
     def __post_init__(self):
-        if self.intra_layers < 0 or self.temperature <= 0 or self.max_words < 2:
-            raise ValueError("EncoderConfig: intra_layers must be >= 0, temperature > 0 and max_words >= 2.")
+        if self.intra_layers < 0 or (self.temperature is not None and self.temperature <= 0) or self.max_words < 2:
+            raise ValueError("EncoderConfig: intra_layers must be >= 0, temperature > 0 (or None) and max_words >= 2.")
 
 
 @dataclass(frozen=True)
@@ -146,8 +153,15 @@ class DecoderConfig:
     max_tokens: int = 32  # §5: decoder input SOT + <= 31 words; target words + EOT
     ignore_index: int = -100  # pitfall 14: the reference's 0 is the token "!"
     init_std: float = 0.02  # §2.4: decoder-only weights N(0, 0.02)
+    # Output bias at the start: "zeros" (the reference, §2.4) or "unigram" = log of the training captions' smoothed
+    # word frequencies (an old captioning trick). The tied output layer can only reach logits of about
+    # |head(x)| * |token row|; with a narrow toy CLIP that is a few nats, so from zeros the model spends its first
+    # thousands of steps pushing the 49,408 - ~100 unused words down through the bias alone.
+    bias_init: str = "zeros"
 
     def __post_init__(self):
+        if self.bias_init not in ("zeros", "unigram"):
+            raise ValueError(f"DecoderConfig.bias_init must be 'zeros' or 'unigram', got {self.bias_init!r}.")
         if self.width % self.heads or self.layers < 1 or self.max_tokens < 2:
             raise ValueError(f"DecoderConfig: width {self.width} must divide into {self.heads} heads; layers >= 1; "
                              "max_tokens >= 2.")
@@ -178,6 +192,9 @@ class StageConfig:
     no_change: bool = False  # §6: stage 2 CLEVR adds the (before -> distractor, no-change caption) loss term
     repeats: int = 1  # samples per pair per epoch, each with the next caption (PairSamples); see the presets
     seed: int = 0  # §3: CLEVR stage 2 uses 2021; Spot is unseeded in the reference (pitfall 4)
+    freeze_clip: bool = False  # ablation: train only the new parts (pair parameters, captioner); CLIP stays as loaded
+    eval_every: int | None = None  # steps between validations (None: at the end only); the best one is kept
+    eval_pairs: int | None = None  # validate on the first N val pairs (None: all)
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -199,6 +216,9 @@ class CLIP4IDCConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     adapt: StageConfig = field(default_factory=StageConfig)  # stage 1
     caption: StageConfig = field(default_factory=lambda: _CAPTION_PAPER)  # stage 2
+    # Shapes world only: generated pairs per split (train, val, test); default = CLEVR-Change's scenes per split
+    # (§7.1, derived from its pair counts). Real datasets have their own sizes.
+    shapes_pairs: tuple[int, int, int] = (33_830, 1_988, 3_985)
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -237,22 +257,33 @@ def config_for(dataset: str, profile: str | None = None) -> CLIP4IDCConfig:
         return cfg
     if profile == "toy":
         # shapes-clip: ViT 4 blocks, width 128, 64 px, patch 8 -> T = 65; embed dim = text width = 128.
-        # Toy values: not the paper's and not tuned yet; sized for a CPU (measured on one core: ~0.9 s per stage-1
-        # step at batch 32, ~1.2 s per stage-2 step at batch 16 -- the 49,408-word output layer dominates).
+        # Toy values, not the paper's, chosen on Shapes *val* pairs for a 2-core CPU (measurements in the closing
+        # notes of idclab's issue 3):
+        # * 2 of 4 blocks joint (the paper: 3 of 12); with 1, adaptation stayed near chance for 300 steps;
+        # * tau = shapes-clip's own learned temperature, frozen, as the reference keeps CLIP's (1 / 100);
+        # * the token table trains: shapes-clip never saw most words of change captions ("moved", "the", "now", ...),
+        #   unlike OpenAI's CLIP, whose table the reference freezes (§4.4). Val R@1 after 600 steps: 12.6 vs 10.8;
+        # * learning rates near shapes-clip's pretraining lr (1e-3): a small CLIP trained from scratch for 2,500 steps
+        #   must move much further than OpenAI's;
+        # * the captioner's output bias starts from word frequencies (DecoderConfig.bias_init).
+        frozen = tuple(p for p in FROZEN_CLIP_PARTS if p != "token_embedding")
         return CLIP4IDCConfig(
             dataset="shapes", profile="toy",
-            encoder=EncoderConfig(backbone="shapes-clip", pretrained=None, intra_layers=3),
-            decoder=DecoderConfig(layers=3, width=128, heads=4, ffn=512),
-            adapt=StageConfig(lr=1e-4, clip_lr=1e-5, batch_size=32, max_steps=600, repeats=5),
-            caption=dataclasses.replace(_CAPTION_PAPER, lr=5e-4, clip_lr=1e-5, pair_lr=1e-5, batch_size=16,
-                                        max_steps=1500, repeats=5, seed=0))
+            encoder=EncoderConfig(backbone="shapes-clip", pretrained=None, intra_layers=2, temperature=None,
+                                  frozen=frozen),
+            decoder=DecoderConfig(layers=3, width=128, heads=4, ffn=512, bias_init="unigram"),
+            adapt=StageConfig(lr=1e-3, clip_lr=5e-4, batch_size=32, max_steps=800, repeats=5, eval_every=200),
+            caption=dataclasses.replace(_CAPTION_PAPER, lr=1e-3, clip_lr=1e-4, pair_lr=1e-4, batch_size=16,
+                                        max_steps=2000, repeats=5, seed=0, eval_every=250),
+            shapes_pairs=(4000, 100, 500))
     # smoke: idc-micro (random weights, ViT 2 blocks, width 32, 32 px, patch 8 -> T = 17; embed = text width = 32).
     return CLIP4IDCConfig(
         dataset="shapes", profile="smoke",
         encoder=EncoderConfig(backbone="idc-micro", pretrained=None, intra_layers=1),
         decoder=DecoderConfig(layers=2, width=32, heads=2, ffn=64),
         adapt=StageConfig(lr=1e-3, clip_lr=1e-4, batch_size=8, max_steps=4),
-        caption=dataclasses.replace(_CAPTION_PAPER, lr=1e-3, clip_lr=1e-4, pair_lr=1e-4, batch_size=8, max_steps=4))
+        caption=dataclasses.replace(_CAPTION_PAPER, lr=1e-3, clip_lr=1e-4, pair_lr=1e-4, batch_size=8, max_steps=4),
+        shapes_pairs=(32, 8, 8))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -290,6 +321,30 @@ class PairEncoder(nn.Module):
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Pixels [B, 3, S, S] each -> all projected tokens of the pair [B, 2T, D] (before's first)."""
+        x = self._joint_input(before, after)  # [B, 2T, W]
+        x = backbones.vit_blocks(self.clip.visual, x, self.intra_layers, None)  # [B, 2T, W] inter: the pair
+        return backbones.vit_project(self.clip.visual, x)  # [B, 2T, D]
+
+    @torch.no_grad()
+    def joint_attention(self, before: torch.Tensor, after: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights of each joint block, averaged over heads: n_joint x [B, 2T, 2T] (query, key).
+
+        Row q of a map is where token q looks; keys [0, T) are the before image's tokens, [T, 2T) the after image's.
+        """
+        x = self._joint_input(before, after)  # [B, 2T, W]
+        maps = []
+        blocks = self.clip.visual.transformer.resblocks
+        for start in range(self.intra_layers, len(blocks)):
+            block = blocks[start]
+            h = block.ln_1(x)
+            if not getattr(block.attn, "batch_first", False):
+                h = h.transpose(0, 1)
+            maps.append(block.attn(h, h, h, need_weights=True, average_attn_weights=True)[1])  # [B, 2T, 2T]
+            x = backbones.vit_blocks(self.clip.visual, x, start, start + 1)
+        return maps
+
+    def _joint_input(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """Intra blocks per image, then before/after embeddings, concatenation, joint positions, ln_mid: [B, 2T, W]."""
         size = backbones.image_size(self.clip)
         if before.shape != after.shape or before.ndim != 4 or before.shape[1:] != (3, size, size):
             raise ValueError(f"before and after must both be pixels [B, 3, {size}, {size}]; got {tuple(before.shape)} "
@@ -301,8 +356,7 @@ class PairEncoder(nn.Module):
         x = x.view(2, B, T, W).transpose(0, 1)  # [B, 2, T, W]
         x = x + torch.stack([self.bef_embedding, self.aft_embedding])[None, :, None, :]  # [B, 2, T, W]
         x = x.reshape(B, 2 * T, W) + self.joint_positional_embedding  # [B, 2T, W]
-        x = backbones.vit_blocks(visual, self.ln_mid(x), self.intra_layers, None)  # [B, 2T, W] inter: the pair
-        return backbones.vit_project(visual, x)  # [B, 2T, D]
+        return self.ln_mid(x)
 
     @staticmethod
     def pool(tokens: torch.Tensor) -> torch.Tensor:
@@ -350,6 +404,14 @@ class Captioner(nn.Module):
                 elif isinstance(m, nn.MultiheadAttention):
                     nn.init.normal_(m.in_proj_weight, std=cfg.init_std)
                     nn.init.zeros_(m.in_proj_bias)
+
+    @torch.no_grad()
+    def init_bias_from(self, captions: Sequence[str], *, smoothing: float = 1e-3) -> None:
+        """Output bias := log of smoothed target-token frequencies (word tokens + EOT) of ``captions``."""
+        _, targets = caption_tensors(captions, max_tokens=self.cfg.max_tokens)  # [N, L], -100 on padding
+        tokens = targets[targets >= 0]
+        counts = torch.bincount(tokens, minlength=self.head_bias.numel()).double() + smoothing
+        self.head_bias.copy_((counts / counts.sum()).log().to(self.head_bias.dtype))
 
     def encode(self, visual: torch.Tensor) -> list[torch.Tensor]:
         """[B, 2T, D] -> the output of every encoder layer, n_layers x [B, 2T, D] (no extra positions, §2.4)."""
@@ -458,7 +520,9 @@ class CLIP4IDC(nn.Module):
                     f"({embed_dim}): the captioner reads {embed_dim}-d visual tokens with embeddings tied to the "
                     "token table, as in the reference (512 = 512 for ViT-B/32). Use a CLIP whose two widths match.")
             self.captioner = Captioner(cfg.decoder, clip.token_embedding, clip.positional_embedding)
-        frozen = enc.frozen + (TEXT_TOWER if stage == "caption" else ())
+        frozen = tuple(enc.frozen) + (TEXT_TOWER if stage == "caption" else ())
+        if getattr(cfg, stage).freeze_clip:
+            frozen = tuple(name for name, _ in clip.named_parameters())
         for part in frozen:
             hits = [p for n, p in clip.named_parameters() if n == part or n.startswith(part + ".")]
             if not hits:
@@ -469,6 +533,12 @@ class CLIP4IDC(nn.Module):
     @property
     def clip(self) -> nn.Module:
         return self.encoder.clip
+
+    @property
+    def temperature(self) -> float:
+        """tau of the adaptation loss: the config's, or (None) the backbone's frozen ``1 / logit_scale.exp()``."""
+        tau = self.cfg.encoder.temperature
+        return float(1.0 / self.clip.logit_scale.exp()) if tau is None else tau
 
     def encode_pair(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Pair vectors v: pixels [B, 3, S, S] x 2 -> [B, D] (not normalised)."""
@@ -499,7 +569,8 @@ class CLIP4IDC(nn.Module):
         greedy (plain beam search can prune greedy's path and end lower).
         """
         if self.captioner is None:
-            raise RuntimeError("This is a stage-1 (adaptation) model; build CLIP4IDC(cfg, stage='caption') to caption.")
+            raise RuntimeError("This is a stage-1 (adaptation) model, which has no captioner: use the captioning "
+                               "stage's checkpoint (RUN/caption/best.pt) or build CLIP4IDC(cfg, stage='caption').")
         max_len = self.cfg.decoder.max_tokens if max_len is None else max_len
         if not 1 <= max_len <= self.cfg.decoder.max_tokens or beam < 1:
             raise ValueError(f"max_len must lie in [1, {self.cfg.decoder.max_tokens}] and beam >= 1.")
@@ -555,7 +626,7 @@ def adaptation_loss(model: CLIP4IDC, batch: dict) -> tuple[torch.Tensor, dict]:
     """Stage 1 (§4.1): L = (L_IP->T + L_T->IP) / 2 on cos(v, g) / tau, negatives gathered across GPUs."""
     v = model.encode_pair(batch["before"], batch["after"])  # [B, D]
     g = model.encode_text(batch["text"])  # [B, D]
-    out = symmetric_info_nce(v, g, scale=1.0 / model.cfg.encoder.temperature, gather=True)
+    out = symmetric_info_nce(v, g, scale=1.0 / model.temperature, gather=True)
     return out.loss, {"ip_t": out.ip_t.item(), "t_ip": out.t_ip.item()}
 
 
@@ -808,3 +879,230 @@ def check_compatible(saved: dict, current: dict) -> None:
                 f"{', '.join(f'{k}={a.get(k)!r}' for k in diff)}; this model "
                 f"{', '.join(f'{k}={b.get(k)!r}' for k in diff)}. Build the model from the checkpoint's config "
                 "(CLIP4IDCConfig.from_dict(checkpoint['extra']['config'])) or use a checkpoint of this backbone.")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Running CLIP4IDC: data, the two stages, caption evaluation, captioning your own pair
+# ----------------------------------------------------------------------------------------------------------------------
+
+DATA_SCRIPTS = dict(clevr="clevr_change", spot="spot_the_diff", ier="image_editing_request")
+
+
+def load_pairs(cfg: CLIP4IDCConfig, split: str, *, root: str | Path | None = None,
+               image_size: int | None = None) -> Dataset:
+    """The pair items of ``cfg.dataset`` (the interface of ``ShapesPairs``), images squashed to ``image_size``.
+
+    ``shapes`` generates ``cfg.shapes_pairs`` pairs per split (no files); ``clevr`` / ``spot`` / ``ier`` read ``root``,
+    the folder their ``data_scripts/`` wrote (a Shapes export in CLEVR-Change's layout reads as ``clevr``).
+    """
+    from idclab.data import clevr_change, image_editing_request, shapes, spot_the_diff
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}.")
+    if cfg.dataset == "shapes":
+        if root is not None:
+            raise ValueError("The Shapes world is generated, not read: drop root, or read a Shapes export (`idclab "
+                             "shapes export --task idc`) as dataset 'clevr' with that root.")
+        n = cfg.shapes_pairs[("train", "val", "test").index(split)]
+        return shapes.ShapesPairs(split, n, seed=0, size=image_size or 64)
+    if root is None:
+        script = DATA_SCRIPTS[cfg.dataset]
+        raise ValueError(f"Dataset {cfg.dataset!r} is read from disk: pass its folder (--root DIR). Get it with\n"
+                         f"  python data_scripts/{script}.py download --root DIR && "
+                         f"python data_scripts/{script}.py prepare --root DIR")
+    loader = dict(clevr=clevr_change.CLEVRChange, spot=spot_the_diff.SpotTheDiff,
+                  ier=image_editing_request.ImageEditingRequest)[cfg.dataset]
+    return loader(root, split, image_size=image_size)
+
+
+@torch.no_grad()
+def caption_pairs(model: CLIP4IDC, pairs: Dataset, *, beam: int = 1, batch_size: int = 32, limit: int | None = None,
+                  progress: bool = False) -> dict[str, str]:
+    """Caption the first ``limit`` pairs: {str(id): caption}; with distractors also {id + "_n": caption of before ->
+    distractor}, the ids of CLEVR-Change's "Total" ground truth (§6)."""
+    device = next(model.parameters()).device
+    size = backbones.image_size(model.clip)
+    n = len(pairs) if limit is None else min(limit, len(pairs))
+    res: dict[str, str] = {}
+    for start in tqdm(range(0, n, batch_size), desc="captioning", disable=not progress, leave=False):
+        items = [pairs[i] for i in range(start, min(start + batch_size, n))]
+        before = backbones.to_pixels([it["before"] for it in items], size, device=device)
+        for key, suffix in (("after", ""), ("distractor", "_n")):
+            if key not in items[0]:
+                continue
+            after = backbones.to_pixels([it[key] for it in items], size, device=device)
+            for it, text in zip(items, model.generate(before, after, beam=beam)):
+                res[str(it["id"]) + suffix] = text
+    return res
+
+
+def evaluate_captions(model: CLIP4IDC, pairs: Dataset, *, beam: int = 1, limit: int | None = None,
+                      batch_size: int = 32, progress: bool = False) -> dict[str, dict[str, float]]:
+    """Caption metrics x 100 (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), overall and per change type (each type scored as
+    its own corpus, see ``score_captions_by_group``). Empty captions score 0 (documented, not an error)."""
+    from idclab.metrics.captioning import score_captions_by_group
+
+    if not hasattr(pairs, "references"):
+        raise TypeError(f"{type(pairs).__name__} has no references(); evaluate a dataset from load_pairs().")
+    res = caption_pairs(model, pairs, beam=beam, limit=limit, batch_size=batch_size, progress=progress)
+    gts, groups = pairs.references(with_no_change=True) if "distractor" in pairs[0] else pairs.references()
+    unknown = sorted(set(res) - set(gts))
+    if unknown:
+        raise ValueError(f"Captioned ids without references: {unknown[:5]}; the dataset's ids and references disagree.")
+    gts = {k: gts[k] for k in res}  # CIDEr-D's idf over the evaluated set only (§7.1)
+    scores = score_captions_by_group(gts, res, {k: groups[k] for k in res}, allow_empty=True)
+    return {g: {m: 100 * v for m, v in s.items()} for g, s in scores.items()}  # CIDEr 0-10 -> papers' 0-1000
+
+
+def train_stage(cfg: CLIP4IDCConfig, stage: str, out_dir: str | Path | None, *, root: str | Path | None = None,
+                init: str | Path | None = None, resume: str | Path | None = None, progress: bool = True,
+                device: str | None = None, on_step=None) -> tuple[CLIP4IDC, TrainResult]:
+    """Train one stage; keep the checkpoint that is best on **val** (T->IP R@1 / CIDEr; pitfall 2). -> (model, result)
+
+    ``init``: for ``"caption"``, a stage-1 checkpoint (file or run folder) to start from; None trains the captioner
+    on the loaded CLIP as it is (the ablation "without adaptation").
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}.")
+    if init is not None and stage != "caption":
+        raise ValueError("init (a stage-1 checkpoint) only applies to the 'caption' stage.")
+    st = getattr(cfg, stage)
+    torch.manual_seed(st.seed)  # the new parameters' initialisation
+    model = CLIP4IDC(cfg, stage=stage)
+    init_path = None
+    if init is not None:
+        init_path = resolve_checkpoint(init, stages=("adapt",))
+        state = load_checkpoint(init_path)
+        model.load_adapted(state["model"], saved_config=state.get("extra", {}).get("model"))
+    size = backbones.image_size(model.clip)
+    train, val = (load_pairs(cfg, s, root=root, image_size=size) for s in ("train", "val"))
+    if stage == "caption" and cfg.decoder.bias_init == "unigram":
+        model.captioner.init_bias_from([c for refs in train.references()[0].values() for c in refs])
+    if stage == "adapt":
+        select = "t_ip_R@1"
+        val_pairs = val if st.eval_pairs is None else Subset(val, range(min(st.eval_pairs, len(val))))
+
+        def val_fn(m):
+            return evaluate_retrieval(m, val_pairs)
+    else:
+        select = "CIDEr"
+
+        def val_fn(m):
+            return evaluate_captions(m, val, limit=st.eval_pairs)["overall"]
+    samples = PairSamples.for_stage(train, st)
+    tcfg = trainer_config(st, len(samples), eval_every=st.eval_every, ckpt_every=st.eval_every,
+                          select_metric=select, progress=progress)
+    extra = dict(model=model.model_config(), config=cfg.to_dict(), stage=stage,
+                 init=None if init_path is None else str(init_path))
+    trainer = Trainer(model, CLIP4IDC.loss, samples, config=tcfg, out_dir=out_dir, collate_fn=model.collate(),
+                      val_fn=val_fn, param_groups=param_groups(model, st), extra=extra, on_step=on_step, device=device)
+    result = trainer.fit(resume=resume)
+    if result.best_checkpoint is not None:
+        model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
+    return model.eval(), result
+
+
+def train(cfg: CLIP4IDCConfig, out_dir: str | Path, *, stages: Sequence[str] = STAGES, root: str | Path | None = None,
+          init: str | Path | None = None, resume: bool = False, progress: bool = True,
+          device: str | None = None) -> dict[str, TrainResult]:
+    """Run the stages in order into ``out_dir/adapt`` and ``out_dir/caption``; captioning starts from the adaptation
+    run's best checkpoint when both run (else from ``init``, or from the plain CLIP)."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {list(stages)}.")
+    out, results = Path(out_dir), {}
+    for stage in (s for s in STAGES if s in stages):
+        if stage == "caption" and "adapt" in results:
+            init = results["adapt"].best_checkpoint or results["adapt"].last_checkpoint
+        resume_at = "auto" if resume else None
+        _, results[stage] = train_stage(cfg, stage, out / stage, root=root, init=init if stage == "caption" else None,
+                                        resume=resume_at, progress=progress, device=device)
+    return results
+
+
+def resolve_checkpoint(path: str | Path, *, stages: Sequence[str] = STAGES) -> Path:
+    """A checkpoint file, or a run folder -> the best (else last) checkpoint of its latest stage among ``stages``.
+
+    A run folder of :func:`train` holds ``adapt/`` and ``caption/``; one of :func:`train_stage` holds the files
+    itself. The stage of a folder is read from the ``config.json`` the Trainer writes beside its checkpoints.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    for folder in (path / "caption", path / "adapt", path):
+        if _stage_of(folder) in stages:
+            for name in ("best.pt", "last.pt"):
+                if (folder / name).is_file():
+                    return folder / name
+    raise FileNotFoundError(f"No CLIP4IDC {'/'.join(stages)} checkpoint at {path} (a file, or a run folder with "
+                            "caption/ or adapt/ holding best.pt or last.pt). Train one with `idclab train clip4idc "
+                            "--profile toy --out DIR`.")
+
+
+def _stage_of(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text())["extra"]["stage"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_model(checkpoint: str | Path, *, device: str | torch.device | None = None) -> CLIP4IDC:
+    """Rebuild a trained CLIP4IDC from a checkpoint file or run folder (config and weights are in the file)."""
+    path = resolve_checkpoint(checkpoint)
+    state = load_checkpoint(path)
+    extra = state.get("extra") or {}
+    if (extra.get("model") or {}).get("model") != "CLIP4IDC" or "config" not in extra:
+        what = (extra.get("model") or {}).get("model") or extra.get("stage") or "another model"
+        raise ValueError(f"{path} is not a CLIP4IDC checkpoint (it holds {what!r}); pass one written by "
+                         "`idclab train clip4idc`.")
+    cfg = CLIP4IDCConfig.from_dict(extra["config"])
+    clip = backbones.load_clip(cfg.encoder.backbone)  # the architecture; every weight comes from the checkpoint
+    model = CLIP4IDC(cfg, stage=extra["stage"], clip=clip)
+    check_compatible(extra["model"], model.model_config())
+    model.load_state_dict(state["model"])
+    model.checkpoint_info = dict(path=str(path), stage=extra["stage"], selected_on_val=state["result"]["best"])
+    return model.to(device or pick_device()).eval()
+
+
+def caption(before, after, checkpoint: str | Path | CLIP4IDC, *, beam: int = 1) -> str:
+    """Describe what changed from ``before`` to ``after`` (paths, PIL images or uint8 arrays [H, W, 3]).
+
+    Both images are converted to RGB (RGBA onto white, grey replicated) and squashed to the model's input size without
+    crop, as in training (§2.1); images of different sizes are accepted with a warning, since both are squashed.
+    ``checkpoint``: a file, a run folder of ``idclab train clip4idc`` (its captioning stage) or a loaded model.
+    """
+    model = checkpoint if isinstance(checkpoint, CLIP4IDC) else load_model(checkpoint)
+    a, b = backbones.load_image(before), backbones.load_image(after)
+    if a.shape != b.shape:
+        warnings.warn(f"before is {a.shape[1]}x{a.shape[0]} and after is {b.shape[1]}x{b.shape[0]} pixels: both are "
+                      f"squashed to {backbones.image_size(model.clip)}^2 without crop, so their contents no longer align "
+                      "pixel for pixel. Crop them to the same view first if they should.", stacklevel=2)
+    size, device = backbones.image_size(model.clip), next(model.parameters()).device
+    pixels = [backbones.to_pixels([x], size, device=device) for x in (a, b)]
+    return model.generate(*pixels, beam=beam)[0]
+
+
+def evaluate(checkpoint: str | Path, *, split: str = "test", root: str | Path | None = None, beam: int = 1,
+             limit: int | None = None, progress: bool = True) -> dict:
+    """What ``idclab eval clip4idc`` prints: caption metrics (x 100, overall and per change type) of the captioning
+    checkpoint and T->IP / IP->T R@1/5/10 of the adaptation checkpoint, whichever ``checkpoint`` holds."""
+    path = Path(checkpoint)
+    ckpts = [path] if path.is_file() else []
+    for stage in STAGES if path.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            ckpts.append(resolve_checkpoint(path, stages=(stage,)))
+    if not ckpts:
+        resolve_checkpoint(path)  # raises the error that names the train command
+    report: dict = dict(split=split)
+    for ckpt in ckpts:
+        model = load_model(ckpt)
+        stage = model.stage
+        pairs = load_pairs(model.cfg, split, root=root, image_size=backbones.image_size(model.clip))
+        report.update(dataset=model.cfg.dataset, profile=model.cfg.profile)
+        report[stage] = dict(checkpoint=str(ckpt), selected_on_val=model.checkpoint_info["selected_on_val"])
+        if stage == "adapt":
+            subset = pairs if limit is None else Subset(pairs, range(min(limit, len(pairs))))
+            report["retrieval"] = evaluate_retrieval(model, subset)
+        else:
+            report["captions"] = evaluate_captions(model, pairs, beam=beam, limit=limit, progress=progress)
+    return report
