@@ -205,6 +205,15 @@ def test_caption_tensors_shift_and_pad():
     assert targets.tolist() == [[*words, c.EOT], [a, c.EOT] + [-100] * (n - 1)]
     long_in, long_t = c.caption_tensors([" ".join(["cube"] * 50)], max_tokens=32)
     assert long_in.shape == (1, 32) and long_t[0, -1] == c.EOT and long_in[0, 0] == c.SOT
+    with pytest.raises(ValueError, match=r"Captions \[1\] are empty"):
+        c.caption_tensors(["a cube", "  "])
+
+
+def test_empty_captions_are_refused_when_batching(pairs):
+    model = build("adapt")
+    sample = dict(c.PairSamples(pairs)[0], caption="", id="007")
+    with pytest.raises(ValueError, match="pairs \\['007'\\] have an empty caption"):
+        model.collate()([sample])
 
 
 def test_loss_ignores_padding_and_averages_real_tokens(pairs):

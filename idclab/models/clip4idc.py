@@ -259,8 +259,9 @@ def config_for(dataset: str, profile: str | None = None) -> CLIP4IDCConfig:
         # shapes-clip: ViT 4 blocks, width 128, 64 px, patch 8 -> T = 65; embed dim = text width = 128.
         # Toy values, not the paper's, chosen on Shapes *val* pairs for a 2-core CPU (measurements in the closing
         # notes of idclab's issue 3):
-        # * 2 of 4 blocks joint (the paper: 3 of 12); with 1, adaptation stayed near chance for 300 steps;
-        # * tau = shapes-clip's own learned temperature, frozen, as the reference keeps CLIP's (1 / 100);
+        # * 2 of 4 blocks joint (the paper: 3 of 12), tau = shapes-clip's own learned temperature (frozen, as the
+        #   reference keeps CLIP's 1 / 100) and CLIP lr 5e-4: val T->IP R@1 (100 pairs) after 300 steps was 6.8 %,
+        #   against 1.0-1.2 % with 1 or 2 joint blocks at tau 0.01 and CLIP lr 1e-4 (the factors were not isolated);
         # * the token table trains: shapes-clip never saw most words of change captions ("moved", "the", "now", ...),
         #   unlike OpenAI's CLIP, whose table the reference freezes (§4.4). Val R@1 after 600 steps: 12.6 vs 10.8;
         # * learning rates near shapes-clip's pretraining lr (1e-3): a small CLIP trained from scratch for 2,500 steps
@@ -667,9 +668,15 @@ def caption_tensors(captions: Sequence[str], *, max_tokens: int = 32, ignore_ind
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forcing tensors (§5): input = SOT + words (<= max_tokens - 1), target = words + EOT.
 
+    Longer captions are cut to max_tokens - 1 words (EOT kept), as the reference does; empty ones are refused.
+
     Returns (inputs, targets), LongTensors [N, L] with L the longest in the batch; inputs padded with 0, targets with
     ``ignore_index`` (by position, so a real "!" -- id 0 -- is still a target).
     """
+    empty = [i for i, c in enumerate(captions) if not c.strip()]
+    if empty:
+        raise ValueError(f"Captions {empty[:5]} are empty: a captioner cannot learn from them. Remove them from the "
+                         "annotations (the data scripts' verify command lists suspicious entries) or fix the loader.")
     ids = backbones.tokenize(list(captions), context_length=max_tokens + 1, max_words=max_tokens + 1)  # [N, M+1]
     eot = (ids == EOT).int().argmax(1)  # [N] position of EOT = number of input tokens
     valid = torch.arange(max_tokens)[None, :] < eot[:, None]  # [N, M]
@@ -751,6 +758,9 @@ class PairCollate:
 
         batch = dict(before=pixels("before"), after=pixels("after"))
         captions = [it["caption"] for it in items]
+        empty = [it.get("id") for it in items if not it["caption"].strip()]
+        if empty:
+            raise ValueError(f"Samples of pairs {empty[:5]} have an empty caption; remove it from the annotations.")
         if self.stage == "adapt":
             batch["text"] = backbones.tokenize(captions, context_length=self.context_length, max_words=self.max_words)
             return batch
