@@ -43,7 +43,7 @@ import torch.nn as nn
 from idclab import backbones
 from idclab.data.shapes import ShapesPairs
 from idclab.losses import symmetric_info_nce
-from idclab.models.clip4idc import CLIP4IDC, FROZEN_CLIP_PARTS, PairSamples, config_for, param_groups
+from idclab.models.clip4idc import CLIP4IDC, PairSamples, config_for, param_groups
 
 MB = 2**20
 DEFAULT_INTRA = {"shapes-clip": config_for("shapes", "toy").encoder.intra_layers,  # the toy preset
@@ -53,11 +53,11 @@ DEFAULT_INTRA = {"shapes-clip": config_for("shapes", "toy").encoder.intra_layers
 class EncodeBoth(nn.Module):
     """The baseline: each image through the whole visual tower on its own; v = mean of the two normalised features."""
 
-    def __init__(self, clip: nn.Module):
+    def __init__(self, clip: nn.Module, frozen: tuple[str, ...]):
         super().__init__()
         self.clip = clip
-        for name, p in clip.named_parameters():  # freeze what CLIP4IDC freezes (§4.4)
-            if any(name == part or name.startswith(part + ".") for part in FROZEN_CLIP_PARTS):
+        for name, p in clip.named_parameters():  # freeze what CLIP4IDC freezes (EncoderConfig.frozen, §4.4)
+            if any(name == part or name.startswith(part + ".") for part in frozen):
                 p.requires_grad_(False)
 
     def loss(self, batch: dict) -> torch.Tensor:
@@ -131,7 +131,7 @@ def main() -> None:
     amp = device.type == "cuda"  # ours runs under bf16 autocast on CUDA, as the Trainer runs it
     ours = CLIP4IDC(cfg, stage="adapt", clip=copy.deepcopy(clip)).to(device).train()
     ours32 = copy.deepcopy(ours) if amp else None  # CUDA only: ours in fp32, same weights
-    base = EncodeBoth(clip).to(device).train()
+    base = EncodeBoth(clip, cfg.encoder.frozen).to(device).train()
 
     # The fixed batch: before/after pixels [B, 3, S, S], text ids [B, 77].
     collate = ours.collate()
