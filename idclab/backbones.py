@@ -44,10 +44,12 @@ __all__ = [
     "image_size",
     "load_image",
     "to_pixels",
+    "RESIZE_MODES",
     "vit_embed",
     "vit_blocks",
     "vit_project",
     "image_tokens",
+    "encode_text",
     "encode_text_with_pseudo_tokens",
     "pseudo_token_hook",
 ]
@@ -298,16 +300,28 @@ def _as_rgb_array(a: np.ndarray) -> np.ndarray:
     )
 
 
-def to_pixels(images, size: int, *, device: str | torch.device = "cpu") -> torch.Tensor:
+RESIZE_MODES = ("squash", "center_crop", "target_pad")
+TARGET_PAD_RATIO = 1.25  # CLIP4Cir's TargetPad default (combiner.md §2.3)
+
+
+def to_pixels(images, size: int, *, device: str | torch.device = "cpu", resize: str = "squash") -> torch.Tensor:
     """Images -> the normalised float tensor a CLIP visual tower takes.
 
     Accepts one image or a sequence (paths, PIL images, uint8 arrays [H, W, C]) or a uint8 array [B, H, W, C].
-    Every image goes through :func:`load_image`. An image of another size than ``size`` x ``size`` is resized to it
-    with bicubic interpolation, without keeping the aspect ratio and without cropping -- CLIP4IDC's preprocessing.
+    Every image goes through :func:`load_image`. An image of another size than ``size`` x ``size`` is brought to it
+    by ``resize`` (bicubic everywhere):
+
+    * ``"squash"`` -- resized to the square, aspect ratio not kept, no crop (CLIP4IDC's preprocessing);
+    * ``"center_crop"`` -- shorter side resized to ``size``, then the central square (CLIP's own preprocessing,
+      Pic2Word's evaluation);
+    * ``"target_pad"`` -- an image longer than 1.25 : 1 is first padded with black on its short sides to that ratio,
+      then centre-cropped as above (CLIP4Cir's TargetPad, so the crop keeps at least 80 % of the long side).
 
     Returns:
         float32 [B, 3, size, size], normalised with CLIP's mean and std.
     """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize={resize!r}; choose one of {RESIZE_MODES}.")
     if isinstance(images, np.ndarray) and images.ndim == 4:
         batch = images
     else:
@@ -316,22 +330,40 @@ def to_pixels(images, size: int, *, device: str | torch.device = "cpu") -> torch
         arrays = [load_image(im) for im in images]
         if not arrays:
             raise ValueError("to_pixels() got no images.")
-        arrays = [_resize(a, size) for a in arrays]
+        arrays = [_resize(a, size, resize) for a in arrays]
         batch = np.stack(arrays)
     if batch.dtype != np.uint8:
         raise ValueError(f"Image batches must be uint8 (got {batch.dtype}).")
     if batch.shape[1:3] != (size, size):
-        batch = np.stack([_resize(_as_rgb_array(a), size) for a in batch])
+        batch = np.stack([_resize(_as_rgb_array(a), size, resize) for a in batch])
     elif batch.shape[3] != 3:
         batch = np.stack([_as_rgb_array(a) for a in batch])
     x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)  # [B, 3, S, S]
     return (x - MEAN.to(device)[:, None, None]) / STD.to(device)[:, None, None]
 
 
-def _resize(a: np.ndarray, size: int) -> np.ndarray:
+def _resize(a: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
     if a.shape[:2] == (size, size):
         return a
-    return np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC))
+    if mode == "squash":
+        return np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC))
+    if mode == "target_pad":
+        a = _target_pad(a, TARGET_PAD_RATIO)
+    h, w = a.shape[:2]  # center_crop: shorter side -> size (rounded as torchvision does), then the central square
+    nh, nw = (size, max(size, int(size * w / h))) if h <= w else (max(size, int(size * h / w)), size)
+    a = np.asarray(Image.fromarray(a).resize((nw, nh), Image.BICUBIC))
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    return a[top:top + size, left:left + size]
+
+
+def _target_pad(a: np.ndarray, ratio: float) -> np.ndarray:
+    """Pad with black so that long side / short side <= ``ratio`` (unchanged if already so); [H, W, 3] uint8."""
+    h, w = a.shape[:2]
+    if max(h, w) / min(h, w) < ratio:
+        return a
+    scaled = max(h, w) / ratio
+    hp, vp = max(int((scaled - w) / 2), 0), max(int((scaled - h) / 2), 0)
+    return np.pad(a, ((vp, vp), (hp, hp), (0, 0)))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -390,6 +422,26 @@ def image_tokens(model: open_clip.CLIP, pixels: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def encode_text(model: open_clip.CLIP, tokens: torch.Tensor, *, normalize: bool = False) -> torch.Tensor:
+    """``model.encode_text(tokens)``, run only on the first L positions, L = the last end-of-text position + 1.
+
+    CLIP's text tower is causal and pools at the end-of-text token, so positions after it never influence the
+    result: cutting them off gives the same features (to float rounding; a test checks it) for far less work --
+    "a photo of *" is 6 of 77 tokens. Falls back to the stock call for towers that pool otherwise.
+    """
+    if model.text_pool_type != "argmax" or model.attn_mask is None or not getattr(model.transformer, "batch_first", True):
+        return model.encode_text(tokens, normalize=normalize)
+    L = int(tokens.argmax(dim=-1).max()) + 1  # EOT has the highest id (49407)
+    text = tokens[:, :L]  # [B, L]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast) + model.positional_embedding[:L].to(cast)  # [B, L, width]
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:L, :L]))  # [B, L, width]
+    x = open_clip.transformer.text_global_pool(x, text, "argmax")  # [B, width]
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return F.normalize(x, dim=-1) if normalize else x  # [B, embed_dim]
+
+
 @contextlib.contextmanager
 def pseudo_token_hook(model: open_clip.CLIP, pseudo: torch.Tensor, placeholder_id: int) -> Iterator[None]:
     """While active, the token-embedding output at every ``placeholder_id`` position of row b is ``pseudo[b]``.
@@ -439,4 +491,4 @@ def encode_text_with_pseudo_tokens(
     if pseudo.ndim != 2 or pseudo.shape[1] != width:
         raise ValueError(f"pseudo must be [B, {width}] (the token-embedding width); got {tuple(pseudo.shape)}.")
     with pseudo_token_hook(model, pseudo, pid):
-        return model.encode_text(tokens, normalize=normalize)
+        return encode_text(model, tokens, normalize=normalize)

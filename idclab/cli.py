@@ -7,6 +7,9 @@
     idclab eval clip4idc --checkpoint CKPT                             caption metrics per change type, retrieval (JSON)
     idclab caption BEFORE AFTER --checkpoint CKPT [--beam N]           describe what changed between two images
     idclab score-captions GTS.json RES.json [--groups G.json]          BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (JSON)
+    idclab train pic2word --profile P --out DIR                        Pic2Word: train the mapping network on images
+    idclab eval cir --method M --benchmark B [--checkpoint CKPT]       composed retrieval: M beside the 3 baselines (JSON)
+    idclab retrieve --image IMG --text T --gallery DIR --method M      top-k of a folder for one composed query
 
 Every command that reports numbers prints one JSON object on stdout; progress goes to stderr.
 """
@@ -116,6 +119,84 @@ def cmd_caption(args) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Composed image retrieval: train pic2word, eval cir, retrieve
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def cmd_train_pic2word(args) -> None:
+    from idclab.models import pic2word
+
+    cfg = pic2word.config_for(args.profile, data=args.data)
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, max_steps=args.steps)
+    if args.precompute is not None:
+        cfg = dataclasses.replace(cfg, precompute=args.precompute)
+    _, result = pic2word.train(cfg, args.out, root=args.root, resume="auto" if args.resume else None)
+    _print_json(dict(profile=cfg.profile, data=cfg.data, out=str(args.out), steps=cfg.max_steps,
+                     seconds=round(result.seconds, 1), best_val=result.best,
+                     best_checkpoint=str(result.best_checkpoint)))
+
+
+def _retriever(args):
+    """The retriever that --method names: pic2word from --checkpoint, or a baseline on the checkpoint's CLIP (or on
+    --backbone / --pretrained)."""
+    from idclab import backbones, cir
+    from idclab.models import pic2word
+
+    if args.method == "pic2word":
+        if args.checkpoint is None:
+            raise ValueError("--method pic2word needs --checkpoint (a run folder of `idclab train pic2word`).")
+        return pic2word.load_retriever(args.checkpoint), None
+    if args.checkpoint is not None:
+        clip = pic2word.load_model(args.checkpoint).clip
+    else:
+        clip = backbones.load_clip(args.backbone, args.pretrained)
+    return cir.Baseline(clip, args.method, preprocess=args.preprocess), clip
+
+
+def cmd_eval_cir(args) -> None:
+    from idclab import cir
+
+    bench = cir.load_benchmark(args.benchmark, root=args.root, split=args.split, n=args.n)
+    method, clip = _retriever(args)
+    if args.submission is not None:
+        if bench.protocol == "circo":
+            paths = [cir.circo_submission(method, bench, args.submission / f"circo_{method.method}.json",
+                                          cache_dir=args.cache_dir)]
+        else:
+            paths = cir.cirr_submission(method, bench, args.submission, cache_dir=args.cache_dir)
+        _print_json(dict(benchmark=bench.name, split=bench.split, method=method.method,
+                         submission=[str(p) for p in paths], queries=len(bench.queries)))
+        return
+    others = [b for b in cir.Baseline.METHODS if b != method.method]
+    results = cir.compare(method, bench, baselines=others, cache_dir=args.cache_dir, clip=clip)
+    results = {m: results[m] for m in (*cir.Baseline.METHODS, method.method) if m in results}
+    _print_json(dict(benchmark=bench.name, split=bench.split, protocol=bench.protocol, info=bench.info,
+                     methods={m: dict(metrics=r["metrics"], **({"prompts": r["prompts"]} if "prompts" in r else {}))
+                              for m, r in results.items()}))
+
+
+def cmd_retrieve(args) -> None:
+    from idclab import cir, viz
+
+    method, _ = _retriever(args)
+    kind, text = ("domain", args.domain) if args.domain else ("cirr", args.text)
+    if text is None:
+        raise ValueError("Give the modification with --text \"...\" (or a target domain with --domain cartoon).")
+    top = cir.retrieve(method, args.image, text, args.gallery, k=args.k, kind=kind, cache_dir=args.cache_dir)
+    if args.grid is not None:
+        from idclab import backbones
+
+        images = [backbones.load_image(p) for p, _ in top]
+        fig = viz.retrieval_grid([backbones.load_image(args.image)], images, [list(range(len(top)))], k=len(top),
+                                 query_titles=[f"{kind}: {text}"])
+        fig.savefig(args.grid, dpi=120, bbox_inches="tight")
+    _print_json(dict(method=method.method, query=dict(image=str(args.image), **{kind: text}),
+                     top=[dict(rank=i + 1, image=p, similarity=round(s, 4)) for i, (p, s) in enumerate(top)],
+                     **({"grid": str(args.grid)} if args.grid else {})))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # score-captions
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -197,6 +278,53 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or run folder")
     cp.add_argument("--beam", type=int, default=1, help="beam width (1: greedy)")
     cp.set_defaults(func=cmd_caption)
+
+    tp = train.add_parser("pic2word", help="Pic2Word: train the mapping network on unlabelled images")
+    tp.add_argument("--profile", choices=["smoke", "toy", "paper"], default=None,
+                    help="default: $IDCLAB_PROFILE or toy (smoke and toy train on Shapes photos)")
+    tp.add_argument("--out", type=Path, required=True, help="run directory (best.pt, last.pt, config.json)")
+    tp.add_argument("--data", choices=["cc3m", "folder", "shapes"], default=None,
+                    help="paper profile: a Pic2Word TSV (cc3m, the default) or an image folder")
+    tp.add_argument("--root", type=Path, default=None, help="the TSV file (cc3m) or the image folder (folder)")
+    tp.add_argument("--steps", type=int, default=None, help="override the profile's number of steps")
+    grp = tp.add_mutually_exclusive_group()
+    grp.add_argument("--precompute", dest="precompute", action="store_true", default=None,
+                     help="encode every image once (faster; no crop augmentation)")
+    grp.add_argument("--no-precompute", dest="precompute", action="store_false",
+                     help="re-encode every step with RandomResizedCrop(0.9-1.0), as the reference")
+    tp.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    tp.set_defaults(func=cmd_train_pic2word)
+
+    def retrieval_method_args(p) -> None:
+        p.add_argument("--method", choices=["pic2word", "image", "text", "sum"], required=True)
+        p.add_argument("--checkpoint", type=Path, default=None,
+                       help="a Pic2Word run folder or file (its CLIP also serves the baselines)")
+        p.add_argument("--backbone", default="shapes-clip", help="CLIP for the baselines without --checkpoint")
+        p.add_argument("--pretrained", default=None, help="open_clip weights tag for --backbone, e.g. openai")
+        p.add_argument("--preprocess", choices=["center_crop", "squash", "target_pad"], default="center_crop",
+                       help="image preprocessing of the baselines")
+        p.add_argument("--cache-dir", type=Path, default=None, help="keep gallery features here between runs")
+
+    ecir = ev.add_parser("cir", help="composed image retrieval: a method beside the image / text / sum baselines")
+    retrieval_method_args(ecir)
+    ecir.add_argument("--benchmark", choices=["shapes", "cirr", "fashioniq", "circo", "imagenet_r", "coco"],
+                      default="shapes")
+    ecir.add_argument("--root", type=Path, default=None, help="dataset folder (shapes: an exported tree, optional)")
+    ecir.add_argument("--split", default=None, help="default: test for generated Shapes, else val")
+    ecir.add_argument("--n", type=int, default=300, help="generated Shapes triplets")
+    ecir.add_argument("--submission", type=Path, default=None,
+                      help="write test-server files here instead of scoring (CIRR test1: both JSON files; CIRCO)")
+    ecir.set_defaults(func=cmd_eval_cir)
+
+    rt = sub.add_parser("retrieve", help="the top-k images of a folder for one composed query")
+    retrieval_method_args(rt)
+    rt.add_argument("--image", type=Path, required=True, help="the reference image")
+    rt.add_argument("--text", default=None, help="the modification, e.g. 'make the red cube blue'")
+    rt.add_argument("--domain", default=None, help="instead of --text: a target domain noun ('cartoon', 'sketch')")
+    rt.add_argument("--gallery", type=Path, required=True, help="a folder of images (searched recursively)")
+    rt.add_argument("--k", type=int, default=5)
+    rt.add_argument("--grid", type=Path, default=None, help="also write the query and its top-k as a PNG grid")
+    rt.set_defaults(func=cmd_retrieve)
 
     sc = sub.add_parser("score-captions", help="caption metrics with pycocoevalcap")
     sc.add_argument("gts", type=Path, help="JSON: id -> [references] (or COCO annotations format)")

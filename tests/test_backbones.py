@@ -99,13 +99,26 @@ def test_pseudo_token_reproduces_real_word_and_passes_gradients(tiny):
     dog = tiny.token_embedding.weight[bb.token_id("dog")].detach().clone()[None].requires_grad_(True)  # [1, width]
     feat = bb.encode_text_with_pseudo_tokens(tiny, prompt, dog)
     with torch.no_grad():
-        expected = tiny.encode_text(real)
+        expected = bb.encode_text(tiny, real)
+        stock = tiny.encode_text(real)
     assert torch.equal(feat.detach(), expected)
+    torch.testing.assert_close(feat.detach(), stock, rtol=1e-5, atol=1e-5)  # the trimmed encoder = the stock one
     feat.sum().backward()
     assert dog.grad is not None and dog.grad.abs().sum() > 0
     # The hook is removed afterwards: a plain encode is unaffected.
     with torch.no_grad():
-        assert torch.equal(tiny.encode_text(real), expected)
+        assert torch.equal(bb.encode_text(tiny, real), expected)
+
+
+def test_trimmed_text_encoder_matches_stock_encode_text(tiny):
+    # Positions after the last EOT cannot change any EOT feature (causal mask), so cutting them off is exact up to
+    # float rounding, for rows of different lengths and a row that fills the whole context.
+    long = " ".join(["red"] * 80)  # truncated to the context: EOT at the last position
+    tokens = bb.tokenize(["a photo of a dog", "a cube", long], context_length=77)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.encode_text(tiny, tokens), tiny.encode_text(tokens), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(bb.encode_text(tiny, tokens[:2], normalize=True),
+                                   tiny.encode_text(tokens[:2], normalize=True), rtol=1e-5, atol=1e-5)
 
 
 def test_pseudo_token_per_sample_and_missing_placeholder(tiny):
