@@ -403,6 +403,12 @@ class Ranking:
     gallery_feats: dict[str, Tensor]  # gallery -> [G, D] normalised
     rows: dict[str, list[int]]  # gallery -> positions of its queries in ``queries``
 
+    def top(self, i: int, k: int = 5) -> list[str]:
+        """The first ``k`` gallery names retrieved for query ``i`` (its position in ``queries``)."""
+        g = self.queries[i].gallery
+        r = self.rows[g].index(i)
+        return [self.gallery_names[g][j] for j in self.indices[g][r, :k].tolist()]
+
 
 def rank(retriever: CLIPRetriever, bench: CIRBenchmark, *, k: int | None = None, feats: Tensor | None = None,
          names: Sequence[str] | None = None, cache_dir: str | Path | None = None, batch_size: int = 64,
@@ -489,10 +495,15 @@ def _score_gallery(bench: CIRBenchmark, ranking: Ranking, g: str, rows: list[int
     qs = [ranking.queries[ranking.rows[g][r]] for r in rows]
     idx = ranking.indices[g][rows]  # [q, k]
     dev = idx.device
-    ks = tuple(k for k in ks if k <= idx.shape[1])
+    cut = {k: min(k, idx.shape[1]) for k in ks}  # K beyond a small gallery = the whole ranking, reported as @K
+    ks = tuple(sorted(set(cut.values())))
+
+    def named(metrics: dict, prefix: str) -> dict:
+        return {f"{prefix}@{k}": metrics[f"{prefix}@{c}"] for k, c in cut.items()}
+
     if p in ("cirr", "shapes", "fashioniq", "coco"):
         targets = torch.tensor([pos[q.targets[0]] for q in qs], device=dev)
-        out = recall_at_k(idx, targets, ks)
+        out = named(recall_at_k(idx, targets, ks), "R")
         if p in EXCLUDES_REFERENCE and all(q.subset for q in qs):
             members = torch.tensor([[pos[m] for m in q.subset if m != q.reference] for q in qs], device=dev)
             out.update(recall_subset_at_k(ranking.query_feats[g][rows], ranking.gallery_feats[g], members, targets,
@@ -500,8 +511,8 @@ def _score_gallery(bench: CIRBenchmark, ranking: Ranking, g: str, rows: list[int
         return out
     positives = [{pos[t] for t in q.targets} for q in qs]
     if p == "circo":
-        out = map_at_k(idx, positives, ks)
-        out.update(recall_at_k(idx, torch.tensor([pos[q.targets[0]] for q in qs], device=dev), ks))
+        out = named(map_at_k(idx, positives, ks), "mAP")
+        out.update(named(recall_at_k(idx, torch.tensor([pos[q.targets[0]] for q in qs], device=dev), ks), "R"))
         return out
     # imagenet_r: Pic2Word's fractional recall (labels = one per distinct target set) and the hit rate beside it
     label_of: dict[frozenset, int] = {}
@@ -513,8 +524,8 @@ def _score_gallery(bench: CIRBenchmark, ranking: Ranking, g: str, rows: list[int
             label_of[key] = len(label_of)
             gallery_labels[[pos[t] for t in key]] = label_of[key]
         query_labels.append(label_of[key])
-    out = recall_fraction_at_k(idx, gallery_labels, torch.tensor(query_labels, device=dev), ks)
-    out.update({f"hit_{m}": v for m, v in recall_at_k_multi(idx, positives, ks).items()})
+    out = named(recall_fraction_at_k(idx, gallery_labels, torch.tensor(query_labels, device=dev), ks), "R")
+    out.update({f"hit_{m}": v for m, v in named(recall_at_k_multi(idx, positives, ks), "R").items()})
     return out
 
 
@@ -696,6 +707,41 @@ def shapes_benchmark(split: str = "test", n: int = 300, *, seed: int = 0, size: 
                         info=dict(n=n, seed=seed, size=size, per_task=dict(Counter(q.group for q in queries))))
 
 
+class GallerySearch:
+    """Interactive search over one gallery: its features are computed once, then :meth:`search` answers any
+    (reference, text) query in milliseconds (the chapter's composer widget and ``idclab retrieve`` use it)."""
+
+    def __init__(self, retriever: CLIPRetriever, bench: CIRBenchmark, *, gallery: str = ALL,
+                 cache_dir: str | Path | None = None, progress: bool = True):
+        self.retriever, self.bench = retriever, bench
+        self.names = list(bench.galleries[gallery])
+        self.position = {n: i for i, n in enumerate(self.names)}
+        self.raw = image_features(retriever, bench, self.names, cache_dir=cache_dir, progress=progress)  # [G, D]
+        self.gallery = retriever.encode_gallery(self.raw)  # [G, D]
+
+    def search(self, reference: str | ImageSource, text: str, *, kind: str = "cirr", k: int = 5,
+               exclude_reference: bool = True) -> list[tuple[str, float]]:
+        """Top ``k`` gallery names and cosine similarities for ``reference`` (a gallery name or an image) modified
+        by ``text`` (kind "cirr": a caption; "domain": a domain noun). The reference itself is left out."""
+        if kind not in ("cirr", "domain"):
+            raise ValueError(f"kind must be 'cirr' (text = a modification) or 'domain' (text = a domain noun), "
+                             f"not {kind!r}.")
+        name = reference if isinstance(reference, str) and reference in self.bench.images else None
+        if name is not None and name in self.position:
+            v = self.raw[[self.position[name]]]  # [1, D]
+        else:
+            v = self.retriever.encode_image([read_image(self.bench.images[name] if name else reference)])
+        query = CIRQuery(id="query", reference=name or "<query>", kind=kind, fields={KINDS[kind][0]: text})
+        q = self.retriever.encode_query(v, [query])[0]  # [D]
+        sims = self.gallery @ q  # [G]
+        if exclude_reference and name in self.position:
+            sims = sims.clone()
+            sims[self.position[name]] = float("-inf")
+        k = min(k, len(self.names) - int(exclude_reference and name in self.position))
+        top = torch.topk(sims, k)  # ties are rare with float features; the order is then the gallery's
+        return [(self.names[j], float(s)) for s, j in zip(top.values.tolist(), top.indices.tolist())]
+
+
 def retrieve(retriever: CLIPRetriever, image: ImageSource, text: str, gallery: str | Path | Sequence[str | Path], *,
              k: int = 5, kind: str = "cirr", cache_dir: str | Path | None = None, progress: bool = True
              ) -> list[tuple[str, float]]:
@@ -707,18 +753,14 @@ def retrieve(retriever: CLIPRetriever, image: ImageSource, text: str, gallery: s
     paths = list_images(gallery) if isinstance(gallery, (str, Path)) else [Path(p) for p in gallery]
     if not paths:
         raise ValueError(f"No images in {gallery}.")
-    field_name = KINDS[kind][0] if kind in ("cirr", "domain") else None
-    if field_name is None:
-        raise ValueError(f"kind must be 'cirr' (text = a modification) or 'domain' (text = a domain noun), not {kind!r}.")
-    query = CIRQuery(id="query", reference="<query>", kind=kind, fields={field_name: text})
     names = [str(p) for p in paths]
     bench = CIRBenchmark(name="folder", split=hashlib.sha256("\n".join(names).encode()).hexdigest()[:12],
-                         protocol="coco", images={"<query>": image, **dict(zip(names, paths))},
-                         galleries={ALL: tuple(names)}, queries=[query])
-    ranking = rank(retriever, bench, k=min(k, len(names)), cache_dir=cache_dir, progress=progress)
-    idx = ranking.indices[ALL][0]
-    sims = ranking.gallery_feats[ALL][idx] @ ranking.query_feats[ALL][0]
-    return [(names[j], float(s)) for j, s in zip(idx.tolist(), sims.tolist())]
+                         protocol="coco", images=dict(zip(names, paths)), galleries={ALL: tuple(names)}, queries=[])
+    missing = missing_files(bench, names)
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} gallery images are missing: {missing[:10]}")
+    return GallerySearch(retriever, bench, cache_dir=cache_dir, progress=progress).search(
+        image, text, kind=kind, k=k, exclude_reference=False)
 
 
 BENCHMARKS = ("shapes", "cirr", "fashioniq", "circo", "imagenet_r", "coco")

@@ -7,7 +7,9 @@
 * :func:`training_curves` -- logged values of a :class:`idclab.train.TrainResult` history;
 * :func:`retrieval_grid` -- queries and their top-k results, correct ones framed in green;
 * :func:`pair_encoder_diagram` -- CLIP4IDC's split ViT (intra blocks per image, inter blocks on the pair);
-* :func:`attention_on_pair` -- attention over the before / after patch grids, on top of the images.
+* :func:`attention_on_pair` -- attention over the before / after patch grids, on top of the images;
+* :func:`composed_retrieval_grid` -- composed queries (reference + text) and their top-k;
+* :func:`cir_composer` -- an ipywidgets composer: pick an image, type a modification, see the top-k.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 __all__ = ["image_grid", "show_pairs", "show_triplets", "similarity_matrix", "training_curves", "retrieval_grid",
-           "pair_encoder_diagram", "attention_on_pair"]
+           "pair_encoder_diagram", "attention_on_pair", "composed_retrieval_grid", "cir_composer"]
 
 
 def _wrap(text: str, width: int) -> str:
@@ -240,3 +242,54 @@ def attention_on_pair(before: np.ndarray, after: np.ndarray, on_before: np.ndarr
     if fig is not None:
         fig.tight_layout()
     return fig
+
+
+def composed_retrieval_grid(bench, ranking, rows: Sequence[int], *, k: int = 5, size: float = 1.6,
+                            title: str | None = None) -> plt.Figure:
+    """Composed queries of a :class:`idclab.cir.CIRBenchmark` (reference image, its modification text as the
+    title) and their top-k from a :class:`idclab.cir.Ranking`; targets framed green, the rest red."""
+    from idclab import cir
+
+    names = [ranking.top(i, k) for i in rows]
+    queries = [ranking.queries[i] for i in rows]
+    pool = list(dict.fromkeys(n for row in names for n in row))
+    gallery = [cir.read_image(bench.images[n]) for n in pool]
+    indices = [[pool.index(n) for n in row] for row in names]
+    texts = [q.fields.get("caption") or " and ".join(str(v) for v in q.fields.values()) for q in queries]
+    fig = retrieval_grid([cir.read_image(bench.images[q.reference]) for q in queries], gallery, indices, k=k,
+                         correct=[[n in q.targets for n in row] for q, row in zip(queries, names)], size=size,
+                         query_titles=texts)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.02)
+    return fig
+
+
+def cir_composer(search, references: Sequence[str], *, k: int = 5, size: float = 1.6):
+    """An ipywidgets composer over an :class:`idclab.cir.GallerySearch`: pick a reference image, type a modification
+    (or a domain noun), see the top-k. Returns the widget box (display it); needs a live kernel."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    from idclab import cir
+
+    ref = widgets.Dropdown(options=list(references), description="reference")
+    text = widgets.Text(value="", placeholder="e.g. make the red cube blue", description="modify")
+    kind = widgets.ToggleButtons(options=[("caption", "cirr"), ("domain", "domain")], value="cirr")
+    out = widgets.Output()
+
+    def show(_=None):
+        with out:
+            out.clear_output(wait=True)
+            if not text.value.strip():
+                print("type a modification")
+                return
+            top = search.search(ref.value, text.value, kind=kind.value, k=k)
+            gallery = [cir.read_image(search.bench.images[n]) for n, _ in top]
+            fig = retrieval_grid([cir.read_image(search.bench.images[ref.value])], gallery, [list(range(len(top)))],
+                                 k=len(top), size=size, query_titles=[text.value])
+            display(fig)
+            plt.close(fig)
+
+    for w in (ref, text, kind):
+        w.observe(show, names="value")
+    return widgets.VBox([widgets.HBox([ref, kind]), text, out])

@@ -1,0 +1,157 @@
+"""Pic2Word (idclab.models.pic2word): the mapping network as in the paper, the loss against its formula, frozen
+CLIP, per-row placeholders, training, checkpoints, the CLI, and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from idclab import backbones, cir, cli
+from idclab.models import pic2word as p
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("p2w")
+    model, result = p.train(p.config_for("smoke"), out, progress=False, device="cpu")
+    return out, model, result
+
+
+def test_mapping_network_matches_the_paper(tmp_path):
+    net = p.MappingNetwork(768, 768, middle_dim=512, n_layers=2, dropout=0.1)
+    assert sum(x.numel() for x in net.parameters()) == 1_050_368  # §1.2
+    block = net.layers[0]
+    assert [type(m).__name__ for m in block] == ["Linear", "Dropout", "ReLU"]  # dropout before the activation
+    assert block[1].p == 0.1 and net.fc_out.out_features == 768
+    assert set(net.state_dict()) == {"layers.0.0.weight", "layers.0.0.bias", "layers.1.0.weight", "layers.1.0.bias",
+                                     "fc_out.weight", "fc_out.bias"}  # the reference's key names
+    # A reference checkpoint (DDP "module." prefix under state_dict_img2text) loads.
+    model = p.Pic2Word(p.config_for("smoke"))
+    ref = {f"module.{k}": torch.randn_like(v) for k, v in model.mapping.state_dict().items()}
+    torch.save({"state_dict_img2text": ref, "epoch": 30}, tmp_path / "ref.pt")
+    p.load_reference_mapping(model, tmp_path / "ref.pt")
+    torch.testing.assert_close(model.mapping.fc_out.weight, ref["module.fc_out.weight"])
+
+
+def test_loss_matches_the_formula_and_only_the_mapping_learns():
+    torch.manual_seed(0)
+    model = p.Pic2Word(p.config_for("smoke"))
+    model.eval()  # no dropout: the formula below is deterministic
+    v = torch.randn(4, 32)
+    loss, _ = p.pic2word_loss(model, {"features": v})
+    tokens = backbones.tokenize(["a photo of *"] * 4, context_length=32)
+    pt = backbones.encode_text_with_pseudo_tokens(model.clip, tokens, model.mapping(v))
+    logits = 100.0 * F.normalize(v, dim=-1) @ F.normalize(pt, dim=-1).T  # fixed scale 100 (§1.4)
+    expected = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.T, torch.arange(4))) / 2
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in model.mapping.parameters())
+    assert all(x.grad is None and not x.requires_grad for x in model.clip.parameters())
+    model.train()
+    assert model.mapping.training and not model.clip.training  # CLIP stays in eval mode (§1.1)
+
+
+def test_queries_replace_the_placeholder_in_every_row():
+    # Rows of one batch put "*" at different positions (the reference looks in row 0 only, its bug 3).
+    model = p.Pic2Word(p.config_for("smoke")).eval()
+    r = p.Pic2WordRetriever(model, device="cpu")
+    queries = [cir.CIRQuery("0", "a", "domain", {"domain": "cartoon"}),
+               cir.CIRQuery("1", "b", "cirr", {"caption": "is red"}),
+               cir.CIRQuery("2", "c", "fashioniq", {"cap1": "is red", "cap2": "is long"})]
+    v = torch.randn(3, 32)
+    batch = r.encode_query(v, queries)
+    texts = ["a cartoon of *", "a photo of * , is red", "a photo of * , is long and is red"]
+    for i, text in enumerate(texts):
+        tokens = backbones.tokenize([text], context_length=32)
+        with torch.no_grad():
+            one = F.normalize(backbones.encode_text_with_pseudo_tokens(model.clip, tokens, model.mapping(v[i:i + 1])),
+                              dim=-1)
+        torch.testing.assert_close(batch[i:i + 1], one, rtol=1e-5, atol=1e-5)
+
+
+def test_training_keeps_clip_and_saves_only_the_mapping(smoke_run):
+    out, model, result = smoke_run
+    assert result.best is not None and 0 <= result.best["inversion_R@1"] <= 100
+    state = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    assert set(state["model"]) == {f"mapping.{k}" for k in model.mapping.state_dict()}
+    fresh = p.load_backbone(p.config_for("smoke"))  # the seeded random CLIP is rebuilt identically
+    for (name, a), b in zip(model.clip.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    loaded = p.load_model(out, device="cpu")
+    v = torch.randn(2, 32)
+    q = [cir.CIRQuery("0", "a", "cirr", {"caption": "x"})] * 2
+    torch.testing.assert_close(p.Pic2WordRetriever(loaded).encode_query(v, q),
+                               p.Pic2WordRetriever(model.eval(), device="cpu").encode_query(v, q))
+
+
+def test_training_with_crops_instead_of_precomputed_features(tmp_path):
+    cfg = dataclasses.replace(p.config_for("smoke"), precompute=False, max_steps=2)
+    _, result = p.train(cfg, tmp_path, progress=False, device="cpu")
+    assert result.history[-1]["step"] == 2 and np.isfinite(result.history[-1]["loss"])
+
+
+def test_bad_input_is_refused(tmp_path, smoke_run):
+    with pytest.raises(ValueError, match="placeholder"):
+        p.Pic2WordConfig(train_prompt="a photo of it")
+    model = smoke_run[1]
+    with pytest.raises(ValueError, match="no placeholder"):
+        p.Pic2WordRetriever(model, prompts={**p.PROMPTS, "cirr": "a photo of *, {caption}"}, device="cpu")
+    with pytest.raises(FileNotFoundError, match="idclab train pic2word"):
+        p.load_model(tmp_path)
+    torch.save({"version": 1, "model": {}, "extra": {"model": "Combiner"}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a Pic2Word checkpoint"):
+        p.load_model(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="needs --root"):
+        p.training_images(p.config_for("paper", data="folder"))
+
+
+def test_folder_training_data_holds_out_images(tmp_path):
+    rng = np.random.default_rng(0)
+    for k in range(30):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{k:02d}.png")
+    train, val = p.training_images(dataclasses.replace(p.config_for("paper", data="folder"), val_images=5), root=tmp_path)
+    assert (len(train), len(val)) == (27, 3)  # at most a tenth held out
+
+
+def test_cli_train_eval_retrieve_and_submission(tmp_path, capsys, smoke_run):
+    run = smoke_run[0]
+    cli.main(["eval", "cir", "--method", "pic2word", "--benchmark", "shapes", "--checkpoint", str(run), "--n", "9"])
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["methods"]) == ["image", "text", "sum", "pic2word"]
+    for m in report["methods"].values():
+        for task, metrics in m["metrics"].items():
+            assert {"R@1", "R@5", "R@10"} <= set(metrics), task
+    assert report["methods"]["pic2word"]["prompts"]["domain"] == "a {domain} of *"
+    # retrieve from a folder, with a grid
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(gallery / f"{k}.png")
+    cli.main(["retrieve", "--method", "pic2word", "--checkpoint", str(run), "--image", str(gallery / "0.png"),
+              "--text", "make it red", "--gallery", str(gallery), "--k", "3", "--grid", str(tmp_path / "grid.png")])
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["top"]) == 3 and (tmp_path / "grid.png").stat().st_size > 0
+    # a CIRR-layout test split (Shapes export) -> both submission files, validated
+    from idclab.data import shapes
+
+    shapes.export_cir(tmp_path / "cirr", split="test", n=5, size=32)
+    cli.main(["eval", "cir", "--method", "sum", "--benchmark", "shapes", "--root", str(tmp_path / "cirr"), "--split",
+              "test1", "--checkpoint", str(run), "--submission", str(tmp_path / "sub")])
+    sub = json.loads(capsys.readouterr().out)
+    recall = json.loads((tmp_path / "sub" / "recall_submission_sum.json").read_text())
+    assert sub["queries"] == 5 and recall["metric"] == "recall" and len(recall) == 5 + 2
+    with pytest.raises(SystemExit, match="needs --checkpoint"):
+        cli.main(["eval", "cir", "--method", "pic2word", "--benchmark", "shapes"])
+
+
+def test_cli_train_pic2word(tmp_path, capsys):
+    cli.main(["train", "pic2word", "--profile", "smoke", "--out", str(tmp_path / "run"), "--steps", "2"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 2 and (tmp_path / "run" / "best.pt").is_file()
