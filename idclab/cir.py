@@ -52,6 +52,9 @@ KINDS = {
     "coco": ("classes",),  # COCO object composition: "dog and cat and chair" (query class first)
 }
 ALL = "all"
+# Fields some queries carry beside their kind's: CIRCO's shared concept; the instruction of every Shapes query
+# (so a method that reads text only, such as the Combiner, can use it for the domain task too).
+OPTIONAL_FIELDS = {"shared_concept", "caption"}
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def check_prompts(prompts: Mapping[str, str], *, placeholder: str | None = None)
     for kind, template in prompts.items():
         if kind not in KINDS:
             raise ValueError(f"Unknown query kind {kind!r} in prompts; kinds are {sorted(KINDS)}.")
-        extra = set(template_fields(template)) - set(KINDS[kind]) - {"shared_concept"}
+        extra = set(template_fields(template)) - set(KINDS[kind]) - OPTIONAL_FIELDS
         if extra:
             raise ValueError(f"The {kind!r} prompt {template!r} uses fields {sorted(extra)}; {kind!r} queries have "
                              f"{list(KINDS[kind])}.")

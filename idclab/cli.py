@@ -8,6 +8,7 @@
     idclab caption BEFORE AFTER --checkpoint CKPT [--beam N]           describe what changed between two images
     idclab score-captions GTS.json RES.json [--groups G.json]          BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (JSON)
     idclab train pic2word --profile P --out DIR                        Pic2Word: train the mapping network on images
+    idclab train combiner --profile P --dataset D --out DIR            Combiner: fine-tune CLIP, then the Combiner
     idclab eval cir --method M --benchmark B [--checkpoint CKPT]       composed retrieval: M beside the 3 baselines (JSON)
     idclab retrieve --image IMG --text T --gallery DIR --method M      top-k of a folder for one composed query
 
@@ -137,20 +138,48 @@ def cmd_train_pic2word(args) -> None:
                      best_checkpoint=str(result.best_checkpoint)))
 
 
-def _retriever(args):
-    """The retriever that --method names: pic2word from --checkpoint, or a baseline on the checkpoint's CLIP (or on
-    --backbone / --pretrained)."""
-    from idclab import backbones, cir
-    from idclab.models import pic2word
+def cmd_train_combiner(args) -> None:
+    from idclab.models import combiner
 
+    cfg = combiner.config_for(args.dataset, args.profile, encoder=args.encoder)
+    for stage, steps in (("finetune", args.finetune_steps), ("combiner", args.combiner_steps)):
+        if steps is not None:
+            cfg = dataclasses.replace(cfg, **{stage: dataclasses.replace(getattr(cfg, stage), max_steps=steps)})
+    stages = combiner.STAGES if args.stage == "both" else (args.stage,)
+    results = combiner.train(cfg, args.out, stages=stages, root=args.root, init=args.init, resume=args.resume)
+    _print_json(dict(profile=cfg.profile, dataset=cfg.dataset, encoder=cfg.encoder, out=str(args.out),
+                     stages={stage: dict(steps=r.history[-1]["step"] if r.history else None,
+                                         seconds=round(r.seconds, 1), best_val=r.best,
+                                         best_checkpoint=str(r.best_checkpoint)) for stage, r in results.items()}))
+
+
+def _clip_of(checkpoint: Path):
+    """The CLIP a trained run retrieves with: Pic2Word's frozen one, or a Combiner run's (fine-tuned) one."""
+    from idclab.models import combiner, pic2word
+
+    if checkpoint.is_dir() and ((checkpoint / "finetune").is_dir() or (checkpoint / "combiner").is_dir()):
+        return combiner.load_combiner(checkpoint)[0] if (checkpoint / "combiner").is_dir() else \
+            combiner.load_finetuned_clip(checkpoint)
+    return pic2word.load_model(checkpoint).clip
+
+
+def _retriever(args):
+    """The retriever that --method names, and the CLIP its baselines use: pic2word or combiner from --checkpoint;
+    sum on a Combiner run = its stage-1 model; a baseline on the checkpoint's CLIP (or on --backbone)."""
+    from idclab import backbones, cir
+    from idclab.models import combiner, pic2word
+
+    if args.method in ("pic2word", "combiner") and args.checkpoint is None:
+        raise ValueError(f"--method {args.method} needs --checkpoint (a run folder of `idclab train {args.method}`).")
     if args.method == "pic2word":
-        if args.checkpoint is None:
-            raise ValueError("--method pic2word needs --checkpoint (a run folder of `idclab train pic2word`).")
         return pic2word.load_retriever(args.checkpoint), None
-    if args.checkpoint is not None:
-        clip = pic2word.load_model(args.checkpoint).clip
-    else:
-        clip = backbones.load_clip(args.backbone, args.pretrained)
+    if args.method == "combiner":
+        return combiner.load_retriever(args.checkpoint), None
+    if args.method == "sum" and args.checkpoint is not None and (args.checkpoint / "finetune").is_dir():
+        r = combiner.load_retriever(args.checkpoint, method="sum")
+        return r, r.clip
+    clip = _clip_of(args.checkpoint) if args.checkpoint is not None else backbones.load_clip(args.backbone,
+                                                                                             args.pretrained)
     return cir.Baseline(clip, args.method, preprocess=args.preprocess), clip
 
 
@@ -295,10 +324,26 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     tp.set_defaults(func=cmd_train_pic2word)
 
+    tcb = train.add_parser("combiner", help="Combiner (CLIP4Cir): fine-tune CLIP (stage 1), then the Combiner (stage 2)")
+    tcb.add_argument("--profile", choices=["smoke", "toy", "paper"], default=None,
+                     help="default: $IDCLAB_PROFILE or toy (smoke and toy run on Shapes triplets)")
+    tcb.add_argument("--dataset", choices=["shapes", "fashioniq", "cirr"], default="shapes")
+    tcb.add_argument("--out", type=Path, required=True, help="run directory; OUT/finetune and OUT/combiner")
+    tcb.add_argument("--root", type=Path, default=None, help="dataset folder (fashioniq, cirr), from data_scripts/")
+    tcb.add_argument("--encoder", choices=["text", "image", "both"], default=None,
+                     help="what stage 1 fine-tunes: text (CVPRW, the default) or both (the journal version)")
+    tcb.add_argument("--stage", choices=["both", "finetune", "combiner"], default="both",
+                     help="'combiner' alone trains on --init's fine-tuned CLIP, or on the frozen CLIP without it")
+    tcb.add_argument("--init", type=Path, default=None, help="a stage-1 run for --stage combiner")
+    tcb.add_argument("--finetune-steps", type=int, default=None, help="override the profile's stage-1 steps")
+    tcb.add_argument("--combiner-steps", type=int, default=None, help="override the profile's stage-2 steps")
+    tcb.add_argument("--resume", action="store_true", help="continue each stage from its last.pt")
+    tcb.set_defaults(func=cmd_train_combiner)
+
     def retrieval_method_args(p) -> None:
-        p.add_argument("--method", choices=["pic2word", "image", "text", "sum"], required=True)
+        p.add_argument("--method", choices=["pic2word", "combiner", "image", "text", "sum"], required=True)
         p.add_argument("--checkpoint", type=Path, default=None,
-                       help="a Pic2Word run folder or file (its CLIP also serves the baselines)")
+                       help="a Pic2Word or Combiner run folder (its CLIP also serves the baselines)")
         p.add_argument("--backbone", default="shapes-clip", help="CLIP for the baselines without --checkpoint")
         p.add_argument("--pretrained", default=None, help="open_clip weights tag for --backbone, e.g. openai")
         p.add_argument("--preprocess", choices=["center_crop", "squash", "target_pad"], default="center_crop",

@@ -1,0 +1,648 @@
+"""Combiner (CLIP4Cir): supervised composed image retrieval by fine-tuning CLIP, then fusing its features.
+
+Papers: Baldrati, Bertini, Uricchio, Del Bimbo, "Conditioned and Composed Image Retrieval Combining and Partially
+Fine-Tuning CLIP-Based Features", CVPR 2022 Workshops (text encoder fine-tuned), and its journal extension
+"Composed Image Retrieval using Contrastive Learning and Task-oriented CLIP-based Features", ACM TOMM 2023 (both
+encoders). Reference code: ``ABaldrati/CLIP4Cir`` (commit dfed9f7). Section numbers ("§") cite idclab's condensed
+reference notes, ``combiner.md``.
+
+The method in two stages:
+
+1. **Task-oriented fine-tuning** (stage 1, §4). The query is the element-wise sum of the reference image's and the
+   modification text's CLIP features, L2-normalised: q = norm(psi_I(ref) + psi_T(text)); the target is
+   norm(psi_I(target)). The batch-based classification loss (each query picks its target among the batch's targets,
+   scale 100, one direction) fine-tunes CLIP's text encoder (CVPRW) or both encoders (journal). CLIP stays in eval
+   mode throughout.
+2. **The Combiner** (stage 2, §3, §5). CLIP frozen; a small network takes the raw (unnormalised) image and text
+   features i, t, projects each (Linear, ReLU, Dropout 0.5), concatenates [t', i'], and outputs
+   norm(mixture + lambda * t + (1 - lambda) * i), where the mixture comes from an MLP and lambda in (0, 1) from
+   another with a sigmoid. Same loss. With CLIP frozen and no augmentation the features are fixed, so stage 2 trains
+   on **precomputed** features (for FashionIQ, every caption variant is cached); the reference re-extracts them
+   every step.
+
+Deviations from the reference: stage-2 features are fp32 in training and validation alike (the reference trains on
+fp16 features and validates on fp32 ones, §5); in stage 1 with the image encoder frozen (``encoder="text"``) the
+image features are precomputed once too (exact: CLIP is in eval mode, transforms are deterministic); the gallery
+and queries are checked and never silently dropped (§9).
+
+Reading order: configs and presets -> the Combiner network -> the stage-1 model and the shared loss -> training
+data (caption variants, feature caches) -> the two stages -> the retrievers -> loading checkpoints -> analysis
+helpers (similarity gap, lambda).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from idclab import backbones, cir
+from idclab.configs import from_dict, get_profile, pick_device, to_dict
+from idclab.losses import batch_classification_loss
+from idclab.train import TrainConfig, Trainer, TrainResult, load_checkpoint
+
+__all__ = [
+    "DATASETS", "ENCODERS", "PROMPTS", "StageConfig", "CombinerConfig", "config_for", "Combiner", "FineTuner",
+    "caption_variants", "TripletSource", "load_triplets", "finetune", "train_combiner", "train",
+    "CombinerRetriever", "load_finetuned_clip", "load_combiner", "load_retriever", "similarity_gap", "lambdas",
+]
+
+DATASETS = ("shapes", "fashioniq", "cirr")
+ENCODERS = ("text", "image", "both")  # §4 --encoder: what stage 1 fine-tunes
+STAGES = ("finetune", "combiner")
+SCALE = 100.0  # §3: fixed logit scale in both stages (CLIP's learned one is not used)
+# The text each query kind gives the Combiner and the stage-1 sum (§4: FashionIQ "c1 and c2" at evaluation;
+# CIRR and Shapes the caption). BPE lower-cases, so the reference's capitalisation changes nothing.
+PROMPTS = {"cirr": "{caption}", "fashioniq": "{cap1} and {cap2}", "domain": "{caption}"}
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configs (paper defaults; each field cites its source) and presets
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage. Defaults: stage 1 (fine-tuning) of the README's recipe (§4)."""
+
+    lr: float = 2e-6  # §4 README / code default
+    weight_decay: float = 0.01  # §4 AdamW default, on every parameter (norms and biases too)
+    betas: tuple[float, float] = (0.9, 0.999)  # §4
+    eps: float = 1e-7  # §4
+    batch_size: int = 128  # §4 README (code default 512); issue #10: 128 with gradient checkpointing
+    epochs: int = 100  # §4 README
+    max_steps: int | None = None  # overrides epochs (toy / smoke)
+    eval_every: int | None = None  # steps between validations (the reference: every epoch); None: at the end
+    eval_queries: int | None = None  # validate on the first N val queries (None: all)
+
+
+_STAGE2 = StageConfig(lr=2e-5, weight_decay=0.0, eps=1e-8, batch_size=4096, epochs=300)  # §5: Adam, no decay
+
+
+@dataclass(frozen=True)
+class CombinerConfig:
+    dataset: str = "fashioniq"  # one of DATASETS
+    profile: str = "paper"
+    backbone: str = "RN50x4-quickgelu"  # §1, §2.2: OpenAI RN50x4 (640-d, 288 px), QuickGELU
+    pretrained: str | None = "openai"
+    preprocess: str = "target_pad"  # §2.3: TargetPad(1.25) -> resize -> centre crop, for every image
+    encoder: str = "text"  # §4: "text" = CVPRW (v2); "both" = the journal version (v3); "image" for completeness
+    proj_dim: int = 2560  # §3 (CLI default, absolute, = 4 x 640)
+    hidden_dim: int = 5120  # §3 (= 8 x 640)
+    dropout: float = 0.5  # §3: five dropout sites, all 0.5
+    finetune: StageConfig = field(default_factory=StageConfig)  # stage 1
+    combiner: StageConfig = field(default_factory=lambda: _STAGE2)  # stage 2
+    precision: str = "auto"  # §4, §5: AMP (autocast; fp32 master weights)
+    shapes_triplets: tuple[int, int] = (0, 0)  # dataset "shapes": generated (train, val) triplets
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"CombinerConfig.dataset={self.dataset!r}; choose one of {DATASETS}.")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"CombinerConfig.encoder={self.encoder!r}; choose one of {ENCODERS}.")
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CombinerConfig:
+        data = dict(data)
+        nested = {k: from_dict(StageConfig, data.pop(k)) for k in ("finetune", "combiner") if k in data}
+        nested = {k: dataclasses.replace(v, betas=tuple(v.betas)) for k, v in nested.items()}
+        cfg = from_dict(cls, data)
+        return dataclasses.replace(cfg, shapes_triplets=tuple(cfg.shapes_triplets), **nested)
+
+
+def config_for(dataset: str, profile: str | None = None, *, encoder: str | None = None) -> CombinerConfig:
+    """``paper``: FashionIQ or CIRR with the reference recipe (``encoder="text"``: CVPRW; ``"both"``: the journal
+    version); ``toy`` and ``smoke``: Shapes triplets. ``profile`` None reads ``$IDCLAB_PROFILE`` (default toy)."""
+    profile = get_profile(profile)
+    if dataset not in DATASETS:
+        raise ValueError(f"Unknown dataset {dataset!r}; choose one of {DATASETS}.")
+    if profile != "paper" and dataset != "shapes":
+        raise ValueError(f"The {profile!r} profile runs on Shapes; use config_for('shapes', {profile!r}) or "
+                         f"config_for({dataset!r}, 'paper').")
+    if profile == "paper":
+        if dataset == "shapes":
+            raise ValueError("Shapes runs in the toy or smoke profile; the paper profile is for fashioniq or cirr.")
+        return CombinerConfig(dataset=dataset, encoder=encoder or "text")
+    if profile == "toy":
+        # shapes-clip (d = 128, 64 px): the reference's p = 4d, h = 8d ratios at toy width; rates near shapes-clip's
+        # pretraining lr (1e-3) since a small CLIP trained from scratch must move further than OpenAI's; squash
+        # preprocessing (Shapes images are square already). Chosen on Shapes *val* triplets.
+        return CombinerConfig(
+            dataset="shapes", profile="toy", backbone="shapes-clip", pretrained=None, preprocess="squash",
+            encoder=encoder or "text", proj_dim=512, hidden_dim=1024,
+            finetune=StageConfig(lr=1e-4, batch_size=128, max_steps=600, eval_every=200, eval_queries=None),
+            combiner=dataclasses.replace(_STAGE2, lr=1e-3, batch_size=512, max_steps=600, eval_every=200),
+            shapes_triplets=(6000, 150))
+    return CombinerConfig(
+        dataset="shapes", profile="smoke", backbone="idc-micro", pretrained=None, preprocess="squash",
+        encoder=encoder or "text", proj_dim=64, hidden_dim=128,
+        finetune=StageConfig(lr=1e-4, batch_size=8, max_steps=3),
+        combiner=dataclasses.replace(_STAGE2, lr=1e-3, batch_size=8, max_steps=3),
+        shapes_triplets=(32, 12))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The Combiner network (§3)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class Combiner(nn.Module):
+    """(raw image features i [B, d], raw text features t [B, d]) -> normalised query [B, d].
+
+    RN50x4 (d, p, h) = (640, 2560, 5120): 59,003,521 parameters.
+    """
+
+    def __init__(self, dim: int, proj_dim: int, hidden_dim: int, *, dropout: float = 0.5, scale: float = SCALE):
+        super().__init__()
+        self.text_proj = nn.Sequential(nn.Linear(dim, proj_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.image_proj = nn.Sequential(nn.Linear(dim, proj_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.mixture = nn.Sequential(nn.Linear(2 * proj_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden_dim, dim))
+        self.scalar = nn.Sequential(nn.Linear(2 * proj_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
+                                    nn.Linear(hidden_dim, 1), nn.Sigmoid())
+        self.scale = scale  # a constant, not a Parameter
+
+    def fuse(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (normalised query [B, d], lambda [B, 1])."""
+        c = torch.cat([self.text_proj(text), self.image_proj(image)], dim=-1)  # [B, 2p], text first
+        lam = self.scalar(c)  # [B, 1] in (0, 1)
+        q = self.mixture(c) + lam * text + (1 - lam) * image  # [B, d], the residual on the raw features
+        return F.normalize(q, dim=-1), lam
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.fuse(image, text)[0]
+
+    def logits(self, image: torch.Tensor, text: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """[B, B]: scale * <query_i, normalise(target_j)>."""
+        return self.scale * self(image, text) @ F.normalize(target, dim=-1).T
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage 1: the fine-tuned CLIP and its element-wise-sum query (§4)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_backbone(cfg: CombinerConfig, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The CLIP that stage 1 starts from. Random-weight test configs come from a fixed seed, so checkpoints rebuild
+    them identically."""
+    if cfg.backbone in backbones.TINY_CONFIGS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return backbones.load_clip(cfg.backbone, device=device)
+    return backbones.load_clip(cfg.backbone, cfg.pretrained, device=device)
+
+
+class FineTuner(nn.Module):
+    """CLIP with the parts ``encoder`` names trainable; always in eval mode (§2.1: BatchNorm statistics stay)."""
+
+    def __init__(self, clip: nn.Module, encoder: str):
+        super().__init__()
+        self.clip, self.encoder = clip, encoder
+        for name, p in clip.named_parameters():
+            visual = name.startswith("visual.")
+            p.requires_grad_(name != "logit_scale" and (encoder == "both" or visual == (encoder == "image")))
+        self.clip.eval()
+
+    def train(self, mode: bool = True) -> FineTuner:
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(self.encoder != "text" and torch.is_grad_enabled()):
+            return self.clip.encode_image(pixels)  # [B, d], raw
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(self.encoder != "image" and torch.is_grad_enabled()):
+            return backbones.encode_text(self.clip, tokens)  # [B, d], raw
+
+
+def finetune_loss(model: FineTuner, batch: dict) -> tuple[torch.Tensor, dict]:
+    """§4: q = norm(i_ref + t), target norm(i_tgt); one-direction CE at scale 100 (duplicates not masked)."""
+    ref = batch["ref"] if "ref" in batch else model.encode_image(batch["ref_pixels"])  # [B, d]
+    tgt = batch["tgt"] if "tgt" in batch else model.encode_image(batch["tgt_pixels"])  # [B, d]
+    text = model.encode_text(batch["tokens"])  # [B, d]
+    query = F.normalize(ref.float(), dim=-1) + F.normalize(text.float(), dim=-1)
+    return batch_classification_loss(query, tgt.float(), scale=SCALE), {}
+
+
+def combiner_loss(model: Combiner, batch: dict) -> tuple[torch.Tensor, dict]:
+    """§5: the same loss on the Combiner's query; features are raw and precomputed."""
+    query, lam = model.fuse(batch["ref"].float(), batch["text"].float())
+    loss = batch_classification_loss(query, batch["tgt"].float(), scale=model.scale)
+    return loss, {"lambda": lam.mean().detach()}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training data: triplets, caption variants, feature caches
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def caption_variants(item: dict, dataset: str) -> list[str]:
+    """The texts a training triplet can show. FashionIQ (§4, ``generate_randomized_fiq_caption``): each caption
+    stripped of ".?, " at both ends, then "c1 and c2", "c2 and c1", c1, c2 with equal probability; evaluation uses
+    "c1 and c2". CIRR and Shapes: the one caption."""
+    if dataset == "fashioniq":
+        c1, c2 = (c.strip(".?, ") for c in item["captions"])
+        variants = [f"{c1} and {c2}", f"{c2} and {c1}", c1, c2]
+    else:
+        variants = [item["caption"] if "caption" in item else item["text"]]
+    if not all(v.strip() for v in variants):
+        raise ValueError(f"Triplet {item.get('id')!r} has an empty modification text; fix its annotation.")
+    return variants
+
+
+class TripletSource:
+    """Training triplets of any dataset as (reference image, target image, caption variants)."""
+
+    def __init__(self, data: Dataset, dataset: str):
+        self.data, self.dataset = data, dataset
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        item = self.data[i]
+        return item["reference"], item["target"], caption_variants(item, self.dataset)
+
+
+def load_triplets(cfg: CombinerConfig, split: str, *, root: str | Path | None = None) -> TripletSource:
+    if cfg.dataset == "shapes":
+        from idclab.data.shapes import ShapesTriplets
+
+        n = cfg.shapes_triplets[0 if split == "train" else 1]
+        return TripletSource(ShapesTriplets(split, n, seed=cfg.seed, size=64), "shapes")
+    if root is None:
+        raise ValueError(f"--dataset {cfg.dataset} needs --root DIR (python data_scripts/{cfg.dataset}.py download "
+                         f"--root DIR, then verify).")
+    if cfg.dataset == "fashioniq":
+        from idclab.data.fashioniq import FashionIQTriplets
+
+        return TripletSource(FashionIQTriplets(root, split), "fashioniq")
+    from idclab.data.cirr import CIRRTriplets
+
+    return TripletSource(CIRRTriplets(root, split), "cirr")
+
+
+@torch.no_grad()
+def _encode_images(clip: nn.Module, images: Sequence[np.ndarray], preprocess: str, device) -> torch.Tensor:
+    pixels = backbones.to_pixels(list(images), backbones.image_size(clip), device=device, resize=preprocess)
+    return clip.encode_image(pixels).float()
+
+
+@torch.no_grad()
+def precompute(clip: nn.Module, source: TripletSource, *, preprocess: str, texts: bool, batch_size: int = 128,
+               progress: bool = True) -> dict:
+    """Raw features of every triplet: ref [N, d], tgt [N, d]; with ``texts`` every caption variant too
+    (text [N, V, d]; FashionIQ V = 4), else the variants themselves (for stage 1, whose text encoder trains)."""
+    device = next(clip.parameters()).device
+    ctx = int(clip.context_length)
+    refs, tgts, text_feats, variants = [], [], [], []
+    for s in tqdm(range(0, len(source), batch_size), desc="features", disable=not progress, unit="batch"):
+        items = [source[i] for i in range(s, min(s + batch_size, len(source)))]
+        refs.append(_encode_images(clip, [r for r, _, _ in items], preprocess, device).cpu())
+        tgts.append(_encode_images(clip, [t for _, t, _ in items], preprocess, device).cpu())
+        if texts:
+            flat = [v for _, _, vs in items for v in vs]
+            f = backbones.encode_text(clip, backbones.tokenize(flat, context_length=ctx).to(device)).float().cpu()
+            text_feats.append(f.view(len(items), -1, f.shape[-1]))
+        variants += [vs for _, _, vs in items]
+    out = dict(ref=torch.cat(refs), tgt=torch.cat(tgts), variants=variants)
+    if texts:
+        out["text"] = torch.cat(text_feats)
+    return out
+
+
+class CachedTriplets(Dataset):
+    """Items from :func:`precompute`: a caption variant is drawn from torch's global generator (restored by the
+    Trainer on resume), so FashionIQ sees a new variant of each triplet every epoch, as in the reference."""
+
+    def __init__(self, cache: dict):
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return self.cache["ref"].shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self.cache["variants"][i])
+        v = int(torch.randint(n, ())) if n > 1 else 0
+        item = dict(ref=self.cache["ref"][i], tgt=self.cache["tgt"][i])
+        if "text" in self.cache:
+            item["text"] = self.cache["text"][i, v]
+        else:
+            item["caption"] = self.cache["variants"][i][v]
+        return item
+
+
+class PixelTriplets(Dataset):
+    """Stage 1 with a trainable image encoder: images are encoded every step."""
+
+    def __init__(self, source: TripletSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        ref, tgt, variants = self.source[i]
+        v = int(torch.randint(len(variants), ())) if len(variants) > 1 else 0
+        return dict(ref_image=ref, tgt_image=tgt, caption=variants[v])
+
+
+class Collate:
+    def __init__(self, clip: nn.Module, preprocess: str):
+        self.size, self.ctx, self.preprocess = backbones.image_size(clip), int(clip.context_length), preprocess
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        out = {}
+        for key in ("ref", "tgt", "text"):
+            if key in items[0]:
+                out[key] = torch.stack([it[key] for it in items])
+        if "caption" in items[0]:
+            out["tokens"] = backbones.tokenize([it["caption"] for it in items], context_length=self.ctx)
+        for key, name in (("ref_image", "ref_pixels"), ("tgt_image", "tgt_pixels")):
+            if key in items[0]:
+                out[name] = backbones.to_pixels([it[key] for it in items], self.size, resize=self.preprocess)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Validation and the two stages
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def val_benchmark(cfg: CombinerConfig, *, root: str | Path | None = None, split: str = "val") -> cir.CIRBenchmark:
+    if cfg.dataset == "shapes":
+        return cir.shapes_benchmark(split, cfg.shapes_triplets[1], seed=cfg.seed)
+    return cir.load_benchmark(cfg.dataset, root=root, split=split)
+
+
+def selection_score(metrics: dict, protocol: str) -> float:
+    """The number that picks the best checkpoint (§4): FashionIQ (mean R@10 + mean R@50) / 2; CIRR
+    (R@5 + R_subset@1) / 2; Shapes the same as CIRR."""
+    if protocol == "fashioniq":
+        return metrics["average"]["avg"]
+    m = metrics[cir.ALL]
+    return (m["R@5"] + m["R_subset@1"]) / 2
+
+
+def _subset(bench: cir.CIRBenchmark, n: int | None) -> cir.CIRBenchmark:
+    return bench if n is None else dataclasses.replace(bench, queries=list(bench.queries)[:n])
+
+
+def _trainer_config(stage: StageConfig, n: int, precision: str, seed: int, progress: bool) -> TrainConfig:
+    steps = stage.max_steps or stage.epochs * max(1, n // stage.batch_size)
+    return TrainConfig(max_steps=steps, batch_size=min(stage.batch_size, n), lr=stage.lr,
+                       weight_decay=stage.weight_decay, betas=stage.betas, eps=stage.eps, schedule="constant",
+                       precision=precision, seed=seed, eval_every=stage.eval_every, select_metric="select",
+                       select_mode="max", progress=progress)
+
+
+def finetune(cfg: CombinerConfig, out_dir: str | Path | None, *, root: str | Path | None = None,
+             resume: str | Path | None = None, device: str | torch.device | None = None,
+             progress: bool = True) -> tuple[nn.Module, TrainResult]:
+    """Stage 1: fine-tune CLIP with the sum query. Returns the best CLIP (selected on val) and the record."""
+    device = pick_device(device)
+    model = FineTuner(load_backbone(cfg, device=device), cfg.encoder)
+    source = load_triplets(cfg, "train", root=root)
+    if cfg.encoder == "text":  # the image tower is frozen: its features are fixed, compute them once
+        data = CachedTriplets(precompute(model.clip, source, preprocess=cfg.preprocess, texts=False,
+                                         progress=progress))
+    else:
+        data = PixelTriplets(source)
+    bench = _subset(val_benchmark(cfg, root=root), cfg.finetune.eval_queries)
+    prompts = {k: v for k, v in PROMPTS.items()}
+
+    def val_fn(m: FineTuner) -> dict:
+        metrics = cir.evaluate(cir.Baseline(m.clip, "sum", prompts=prompts, preprocess=cfg.preprocess,
+                                            device=device), bench, progress=False)["metrics"]
+        return {"select": selection_score(metrics, bench.protocol), **_flat(metrics)}
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    trainer = Trainer(model, finetune_loss, data, config=_trainer_config(cfg.finetune, len(data), cfg.precision,
+                                                                         cfg.seed, progress),
+                      out_dir=out_dir, collate_fn=Collate(model.clip, cfg.preprocess), val_fn=val_fn, device=device,
+                      param_groups=[dict(params=params, weight_decay=cfg.finetune.weight_decay)],
+                      extra=dict(model="CombinerFineTune", stage="finetune", config=cfg.to_dict(),
+                                 backbone=cfg.backbone))
+    result = trainer.fit(resume=resume)
+    if result.best_checkpoint is not None:
+        model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
+    return model.clip.eval(), result
+
+
+def train_combiner(cfg: CombinerConfig, out_dir: str | Path | None, *, clip: nn.Module | None = None,
+                   clip_checkpoint: str | Path | None = None, root: str | Path | None = None,
+                   resume: str | Path | None = None, device: str | torch.device | None = None,
+                   progress: bool = True) -> tuple[Combiner, TrainResult]:
+    """Stage 2: the Combiner on precomputed features of ``clip`` (the stage-1 CLIP, or the frozen backbone when
+    None: the v1 ablation). ``clip_checkpoint`` is recorded so the run can be reloaded."""
+    device = pick_device(device)
+    clip = (clip if clip is not None else load_backbone(cfg, device=device)).to(device).eval().requires_grad_(False)
+    source = load_triplets(cfg, "train", root=root)
+    data = CachedTriplets(precompute(clip, source, preprocess=cfg.preprocess, texts=True, progress=progress))
+    dim = int(clip.text_projection.shape[1])
+    model = Combiner(dim, cfg.proj_dim, cfg.hidden_dim, dropout=cfg.dropout)
+    bench = _subset(val_benchmark(cfg, root=root), cfg.combiner.eval_queries)
+    cache: dict = {}
+
+    def val_fn(m: Combiner) -> dict:
+        retriever = CombinerRetriever(clip, m, preprocess=cfg.preprocess, device=device)
+        if not cache:  # the gallery features do not change in stage 2: encode them once
+            cache["names"] = cir.needed_images(bench)
+            cache["feats"] = cir.image_features(retriever, bench, cache["names"], progress=False)
+        metrics = cir.evaluate(retriever, bench, feats=cache["feats"], names=cache["names"], progress=False)["metrics"]
+        return {"select": selection_score(metrics, bench.protocol), **_flat(metrics)}
+
+    ckpt = None if clip_checkpoint is None else str(Path(clip_checkpoint).resolve())
+    trainer = Trainer(model, combiner_loss, data, config=_trainer_config(cfg.combiner, len(data), cfg.precision,
+                                                                         cfg.seed, progress),
+                      out_dir=out_dir, collate_fn=Collate(clip, cfg.preprocess), val_fn=val_fn, device=device,
+                      param_groups=[dict(params=list(model.parameters()), weight_decay=cfg.combiner.weight_decay)],
+                      extra=dict(model="Combiner", stage="combiner", config=cfg.to_dict(), backbone=cfg.backbone,
+                                 clip_checkpoint=ckpt, dim=dim))
+    result = trainer.fit(resume=resume)
+    if result.best_checkpoint is not None:
+        model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
+    return model.eval(), result
+
+
+def train(cfg: CombinerConfig, out_dir: str | Path, *, stages: Sequence[str] = STAGES,
+          root: str | Path | None = None, init: str | Path | None = None, resume: bool = False,
+          device: str | torch.device | None = None, progress: bool = True) -> dict[str, TrainResult]:
+    """Both stages: ``out_dir/finetune`` (the fine-tuned CLIP), then ``out_dir/combiner`` on its features.
+    ``stages=("combiner",)`` trains the Combiner on ``init`` (a stage-1 run) or, without it, on the frozen CLIP."""
+    out = Path(out_dir)
+    results = {}
+    clip, clip_ckpt = None, init
+    if "finetune" in stages:
+        clip, results["finetune"] = finetune(cfg, out / "finetune", root=root, device=device, progress=progress,
+                                             resume="auto" if resume else None)
+        clip_ckpt = results["finetune"].best_checkpoint
+    elif init is not None:
+        clip, clip_ckpt = load_finetuned_clip(init, expect=cfg), resolve_checkpoint(init, "finetune")
+    if "combiner" in stages:
+        _, results["combiner"] = train_combiner(cfg, out / "combiner", clip=clip, clip_checkpoint=clip_ckpt,
+                                                root=root, device=device, progress=progress,
+                                                resume="auto" if resume else None)
+    return results
+
+
+def _flat(metrics: dict) -> dict:
+    return {f"{g}/{m}": v for g, ms in metrics.items() for m, v in ms.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The retriever (gallery: normalised CLIP images; query: the Combiner's fused feature)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class CombinerRetriever(cir.CLIPRetriever):
+    method = "combiner"
+
+    def __init__(self, clip: nn.Module, combiner: Combiner, *, prompts: dict | None = None,
+                 preprocess: str = "target_pad", device: str | torch.device | None = None):
+        super().__init__(clip, preprocess=preprocess, device=device)
+        self.combiner = combiner.to(self.device).eval()
+        self.prompts = cir.check_prompts(PROMPTS if prompts is None else prompts)
+
+    @torch.no_grad()
+    def raw_text(self, queries: Sequence[cir.CIRQuery]) -> torch.Tensor:
+        texts = []
+        for q in queries:
+            if q.kind not in self.prompts:
+                raise ValueError(f"No Combiner prompt for {q.kind!r} queries; add one to prompts ({sorted(self.prompts)}).")
+            texts.append(cir.compose(self.prompts[q.kind], q))
+        tokens = backbones.tokenize(texts, context_length=self.context_length).to(self.device)
+        return backbones.encode_text(self.clip, tokens).float()  # [B, d], raw
+
+    @torch.no_grad()
+    def encode_query(self, image_feats: torch.Tensor, queries: Sequence[cir.CIRQuery]) -> torch.Tensor:
+        return self.combiner(image_feats.float(), self.raw_text(queries))  # [B, d], normalised
+
+    def describe(self) -> dict:
+        return dict(super().describe(), prompts=dict(self.prompts),
+                    checkpoint=getattr(self.combiner, "checkpoint_info", None))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading (a run folder holds finetune/ and combiner/)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str | Path, stage: str) -> Path:
+    path = Path(path)
+    if path.is_file():
+        return path
+    for folder in (path / stage, path):
+        for name in ("best.pt", "last.pt"):
+            if (folder / name).is_file():
+                return folder / name
+    raise FileNotFoundError(f"No {stage} checkpoint under {path}; train one with\n  idclab train combiner --profile "
+                            f"toy --out {path}")
+
+
+def _read(path: Path, stage: str) -> tuple[dict, CombinerConfig]:
+    state = load_checkpoint(path)
+    extra = state.get("extra") or {}
+    if extra.get("stage") != stage or "config" not in extra:
+        raise ValueError(f"{path} is not a Combiner {stage} checkpoint (it holds {extra.get('model') or 'another model'!r}"
+                         f"); pass one written by `idclab train combiner`.")
+    return state, CombinerConfig.from_dict(extra["config"])
+
+
+def load_finetuned_clip(checkpoint: str | Path, *, expect: CombinerConfig | None = None,
+                        device: str | torch.device | None = None) -> nn.Module:
+    """The stage-1 CLIP of a run. ``expect``: refuse a checkpoint of another backbone than this config's."""
+    path = resolve_checkpoint(checkpoint, "finetune")
+    state, cfg = _read(path, "finetune")
+    if expect is not None and (cfg.backbone, cfg.pretrained) != (expect.backbone, expect.pretrained):
+        raise ValueError(f"{path} fine-tuned {cfg.backbone} ({cfg.pretrained}), but this run is configured for "
+                         f"{expect.backbone} ({expect.pretrained}); use a checkpoint of the same backbone.")
+    model = FineTuner(load_backbone(cfg), cfg.encoder)
+    model.load_state_dict(state["model"])
+    return model.clip.to(pick_device(device)).eval().requires_grad_(False)
+
+
+def load_combiner(checkpoint: str | Path, *, device: str | torch.device | None = None
+                  ) -> tuple[nn.Module, Combiner, CombinerConfig]:
+    """(CLIP, Combiner, config) of a stage-2 checkpoint or run folder; the CLIP is the one its features came from."""
+    path = resolve_checkpoint(checkpoint, "combiner")
+    state, cfg = _read(path, "combiner")
+    extra = state["extra"]
+    if extra.get("clip_checkpoint"):
+        clip = load_finetuned_clip(extra["clip_checkpoint"], expect=cfg, device=device)
+    else:
+        clip = load_backbone(cfg, device=pick_device(device)).eval().requires_grad_(False)
+    dim = int(clip.text_projection.shape[1])
+    if dim != extra["dim"]:
+        raise ValueError(f"{path} was trained on {extra['dim']}-d features, but its CLIP gives {dim}-d ones.")
+    combiner = Combiner(dim, cfg.proj_dim, cfg.hidden_dim, dropout=cfg.dropout)
+    combiner.load_state_dict(state["model"])
+    combiner.checkpoint_info = dict(path=str(path), selected_on_val=state["result"]["best"])
+    return clip, combiner.to(pick_device(device)).eval(), cfg
+
+
+def load_retriever(checkpoint: str | Path, *, method: str = "combiner", device: str | torch.device | None = None
+                   ) -> cir.CLIPRetriever:
+    """``combiner``: the stage-2 model of a run; ``sum``: the stage-1 CLIP's element-wise sum (no Combiner)."""
+    if method == "combiner":
+        clip, combiner, cfg = load_combiner(checkpoint, device=device)
+        return CombinerRetriever(clip, combiner, preprocess=cfg.preprocess, device=device)
+    path = resolve_checkpoint(checkpoint, "finetune")
+    cfg = _read(path, "finetune")[1]
+    return cir.Baseline(load_finetuned_clip(path, device=device), "sum", prompts=PROMPTS, preprocess=cfg.preprocess,
+                        device=device)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Analysis: how the query sits between its target and the rest; what lambda learns
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def similarity_gap(retriever: cir.CLIPRetriever, bench: cir.CIRBenchmark, *, progress: bool = False
+                   ) -> dict[str, np.ndarray]:
+    """Cosine similarity of each query to its target and to every non-target gallery image (the reference image
+    excluded), the paper's analysis of sum vs Combiner: {"target": [Q], "others": [Q * (G - 2)]}."""
+    ranking = cir.rank(retriever, bench, k=1, progress=progress)
+    target, others = [], []
+    for g, rows in ranking.rows.items():
+        pos = {n: i for i, n in enumerate(ranking.gallery_names[g])}
+        sims = ranking.query_feats[g] @ ranking.gallery_feats[g].T  # [Q_g, G]
+        for r, i in enumerate(rows):
+            q = ranking.queries[i]
+            keep = torch.ones(sims.shape[1], dtype=torch.bool, device=sims.device)
+            t = pos[q.targets[0]]
+            keep[t] = False
+            if q.reference in pos:
+                keep[pos[q.reference]] = False
+            target.append(float(sims[r, t]))
+            others.append(sims[r, keep].cpu().numpy())
+    return {"target": np.array(target), "others": np.concatenate(others)}
+
+
+@torch.no_grad()
+def lambdas(retriever: CombinerRetriever, bench: cir.CIRBenchmark) -> dict[str, np.ndarray]:
+    """lambda (the text's share of the residual) for every query, grouped by the benchmark's reporting groups."""
+    names = cir.needed_images(bench)
+    feats = cir.image_features(retriever, bench, names, progress=False)
+    row = {n: i for i, n in enumerate(names)}
+    out: dict[str, list[float]] = {}
+    for s in range(0, len(bench.queries), 256):
+        qs = list(bench.queries)[s:s + 256]
+        _, lam = retriever.combiner.fuse(feats[[row[q.reference] for q in qs]], retriever.raw_text(qs))
+        for q, v in zip(qs, lam[:, 0].tolist()):
+            out.setdefault(q.group, []).append(v)
+    return {g: np.array(v) for g, v in out.items()}
