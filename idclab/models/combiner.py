@@ -141,9 +141,9 @@ def config_for(dataset: str, profile: str | None = None, *, encoder: str | None 
         return CombinerConfig(
             dataset="shapes", profile="toy", backbone="shapes-clip", pretrained=None, preprocess="squash",
             encoder=encoder or "text", proj_dim=512, hidden_dim=1024,
-            finetune=StageConfig(lr=1e-4, batch_size=128, max_steps=600, eval_every=200, eval_queries=None),
-            combiner=dataclasses.replace(_STAGE2, lr=1e-3, batch_size=512, max_steps=600, eval_every=200),
-            shapes_triplets=(6000, 150))
+            finetune=StageConfig(lr=1e-4, batch_size=128, max_steps=400, eval_every=200),
+            combiner=dataclasses.replace(_STAGE2, lr=1e-3, batch_size=512, max_steps=400, eval_every=200),
+            shapes_triplets=(4000, 150))
     return CombinerConfig(
         dataset="shapes", profile="smoke", backbone="idc-micro", pretrained=None, preprocess="squash",
         encoder=encoder or "text", proj_dim=64, hidden_dim=128,
@@ -453,6 +453,7 @@ def train_combiner(cfg: CombinerConfig, out_dir: str | Path | None, *, clip: nn.
     source = load_triplets(cfg, "train", root=root)
     data = CachedTriplets(precompute(clip, source, preprocess=cfg.preprocess, texts=True, progress=progress))
     dim = int(clip.text_projection.shape[1])
+    torch.manual_seed(cfg.seed)  # the Combiner's initial weights depend on the seed only
     model = Combiner(dim, cfg.proj_dim, cfg.hidden_dim, dropout=cfg.dropout)
     bench = _subset(val_benchmark(cfg, root=root), cfg.combiner.eval_queries)
     cache: dict = {}
