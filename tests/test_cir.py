@@ -165,7 +165,7 @@ def test_prompt_without_a_separate_placeholder_is_refused():
     with pytest.raises(ValueError, match="no placeholder"):
         cir.check_prompts({"domain": "a {domain} of it"}, placeholder="*")
     with pytest.raises(ValueError, match="uses fields"):
-        cir.check_prompts({"domain": "a {caption}"})
+        cir.check_prompts({"domain": "a {cap1}"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
