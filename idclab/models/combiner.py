@@ -277,12 +277,29 @@ class TripletSource:
         return item["reference"], item["target"], caption_variants(item, self.dataset)
 
 
-def load_triplets(cfg: CombinerConfig, split: str, *, root: str | Path | None = None) -> TripletSource:
-    if cfg.dataset == "shapes":
+class _ShapesTrainingTriplets(Dataset):
+    """Shapes triplets with only the reference and target rendered (the near misses serve evaluation only)."""
+
+    def __init__(self, split: str, n: int, *, seed: int, size: int = 64):
         from idclab.data.shapes import ShapesTriplets
 
+        self.data, self.size = ShapesTriplets(split, n, seed=seed, size=size), size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        from idclab.data.shapes import render
+
+        t = self.data.triplet(i)
+        return dict(reference=render(t.reference, size=self.size), target=render(t.target, size=self.size),
+                    text=t.text, id=str(i))
+
+
+def load_triplets(cfg: CombinerConfig, split: str, *, root: str | Path | None = None) -> TripletSource:
+    if cfg.dataset == "shapes":
         n = cfg.shapes_triplets[0 if split == "train" else 1]
-        return TripletSource(ShapesTriplets(split, n, seed=cfg.seed, size=64), "shapes")
+        return TripletSource(_ShapesTrainingTriplets(split, n, seed=cfg.seed), "shapes")
     if root is None:
         raise ValueError(f"--dataset {cfg.dataset} needs --root DIR (python data_scripts/{cfg.dataset}.py download "
                          f"--root DIR, then verify).")
