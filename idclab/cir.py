@@ -550,15 +550,15 @@ def evaluate(retriever: CLIPRetriever, bench: CIRBenchmark, *, cache_dir: str | 
 
 def compare(method: CLIPRetriever | None, bench: CIRBenchmark, *, baselines: Sequence[str] = Baseline.METHODS,
             cache_dir: str | Path | None = None, batch_size: int = 64, progress: bool = True,
-            clip: torch.nn.Module | None = None) -> dict[str, dict]:
+            clip: torch.nn.Module | None = None, prompts: Mapping[str, str] | None = None) -> dict[str, dict]:
     """Evaluate ``method`` and the image-only, text-only and image+text baselines on the same CLIP image features.
 
-    The baselines use ``method``'s CLIP (or ``clip``) and preprocessing; image features are computed once.
-    Returns {method name: :func:`evaluate` record}, baselines first.
+    The baselines use ``method``'s CLIP (or ``clip``) and preprocessing, and ``prompts`` (default TEXT_PROMPTS);
+    image features are computed once. Returns {method name: :func:`evaluate` record}, baselines first.
     """
     base_clip = clip if clip is not None else method.clip
     kwargs = dict(preprocess=method.preprocess if method is not None else "center_crop",
-                  device=method.device if method is not None else None)
+                  device=method.device if method is not None else None, prompts=prompts)
     retrievers = [Baseline(base_clip, b, **kwargs) for b in baselines] + ([method] if method is not None else [])
     check_benchmark(bench)
     names = needed_images(bench)

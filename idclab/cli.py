@@ -153,41 +153,37 @@ def cmd_train_combiner(args) -> None:
                                          best_checkpoint=str(r.best_checkpoint)) for stage, r in results.items()}))
 
 
-def _clip_of(checkpoint: Path):
-    """The CLIP a trained run retrieves with: Pic2Word's frozen one, or a Combiner run's (fine-tuned) one."""
-    from idclab.models import combiner, pic2word
-
-    if checkpoint.is_dir() and ((checkpoint / "finetune").is_dir() or (checkpoint / "combiner").is_dir()):
-        return combiner.load_combiner(checkpoint)[0] if (checkpoint / "combiner").is_dir() else \
-            combiner.load_finetuned_clip(checkpoint)
-    return pic2word.load_model(checkpoint).clip
+def _is_combiner_run(checkpoint: Path | None) -> bool:
+    return checkpoint is not None and checkpoint.is_dir() and any(
+        (checkpoint / stage).is_dir() for stage in ("finetune", "combiner"))
 
 
 def _retriever(args):
-    """The retriever that --method names, and the CLIP its baselines use: pic2word or combiner from --checkpoint;
-    sum on a Combiner run = its stage-1 model; a baseline on the checkpoint's CLIP (or on --backbone)."""
+    """The retriever that --method names, and the CLIP and prompts of its baselines: pic2word or combiner from
+    --checkpoint; a baseline on a Combiner run's CLIP (fine-tuned by stage 1, or frozen) with the Combiner's
+    prompts, or on a Pic2Word checkpoint's CLIP, or on --backbone."""
     from idclab import backbones, cir
     from idclab.models import combiner, pic2word
 
     if args.method in ("pic2word", "combiner") and args.checkpoint is None:
         raise ValueError(f"--method {args.method} needs --checkpoint (a run folder of `idclab train {args.method}`).")
     if args.method == "pic2word":
-        return pic2word.load_retriever(args.checkpoint), None
-    if args.method == "combiner":
-        return combiner.load_retriever(args.checkpoint), None
-    if args.method == "sum" and args.checkpoint is not None and (args.checkpoint / "finetune").is_dir():
-        r = combiner.load_retriever(args.checkpoint, method="sum")
-        return r, r.clip
-    clip = _clip_of(args.checkpoint) if args.checkpoint is not None else backbones.load_clip(args.backbone,
-                                                                                             args.pretrained)
-    return cir.Baseline(clip, args.method, preprocess=args.preprocess), clip
+        return pic2word.load_retriever(args.checkpoint), None, None
+    if args.method == "combiner" or _is_combiner_run(args.checkpoint):
+        r = combiner.load_retriever(args.checkpoint, method=args.method)
+        return r, (None if args.method == "combiner" else r.clip), combiner.PROMPTS
+    if args.checkpoint is not None:
+        clip = pic2word.load_model(args.checkpoint).clip
+    else:
+        clip = backbones.load_clip(args.backbone, args.pretrained)
+    return cir.Baseline(clip, args.method, preprocess=args.preprocess), clip, None
 
 
 def cmd_eval_cir(args) -> None:
     from idclab import cir
 
     bench = cir.load_benchmark(args.benchmark, root=args.root, split=args.split, n=args.n)
-    method, clip = _retriever(args)
+    method, clip, prompts = _retriever(args)
     if args.submission is not None:
         if bench.protocol == "circo":
             paths = [cir.circo_submission(method, bench, args.submission / f"circo_{method.method}.json",
@@ -198,7 +194,7 @@ def cmd_eval_cir(args) -> None:
                          submission=[str(p) for p in paths], queries=len(bench.queries)))
         return
     others = [b for b in cir.Baseline.METHODS if b != method.method]
-    results = cir.compare(method, bench, baselines=others, cache_dir=args.cache_dir, clip=clip)
+    results = cir.compare(method, bench, baselines=others, cache_dir=args.cache_dir, clip=clip, prompts=prompts)
     results = {m: results[m] for m in (*cir.Baseline.METHODS, method.method) if m in results}
     _print_json(dict(benchmark=bench.name, split=bench.split, protocol=bench.protocol, info=bench.info,
                      methods={m: dict(metrics=r["metrics"], **({"prompts": r["prompts"]} if "prompts" in r else {}))
@@ -208,7 +204,7 @@ def cmd_eval_cir(args) -> None:
 def cmd_retrieve(args) -> None:
     from idclab import cir, viz
 
-    method, _ = _retriever(args)
+    method, _, _ = _retriever(args)
     kind, text = ("domain", args.domain) if args.domain else ("cirr", args.text)
     if text is None:
         raise ValueError("Give the modification with --text \"...\" (or a target domain with --domain cartoon).")

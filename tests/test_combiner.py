@@ -133,6 +133,13 @@ def test_cli_train_and_eval_combiner(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert list(report["methods"]) == ["image", "text", "sum", "combiner"]
     assert report["methods"]["combiner"]["prompts"]["cirr"] == "{caption}"
+    # The baselines of a Combiner run use its prompts ("{caption}" for the Shapes domain task too).
+    assert report["methods"]["sum"]["prompts"]["domain"] == "{caption}"
+    cli.main(["eval", "cir", "--method", "sum", "--benchmark", "shapes", "--checkpoint", str(tmp_path / "run"),
+              "--n", "6"])
+    alone = json.loads(capsys.readouterr().out)
+    assert list(alone["methods"]) == ["image", "text", "sum"]
+    assert alone["methods"]["sum"]["metrics"] == report["methods"]["sum"]["metrics"]  # stage 1's CLIP either way
 
 
 def _tiny(dataset: str) -> c.CombinerConfig:

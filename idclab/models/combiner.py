@@ -614,14 +614,23 @@ def load_combiner(checkpoint: str | Path, *, device: str | torch.device | None =
 
 def load_retriever(checkpoint: str | Path, *, method: str = "combiner", device: str | torch.device | None = None
                    ) -> cir.CLIPRetriever:
-    """``combiner``: the stage-2 model of a run; ``sum``: the stage-1 CLIP's element-wise sum (no Combiner)."""
+    """``combiner``: the stage-2 model of a run; ``sum`` / ``image`` / ``text``: that baseline on the run's CLIP (the
+    stage-1 fine-tuned one, or the frozen backbone of a Combiner-only run), with the Combiner's text prompts."""
     if method == "combiner":
         clip, combiner, cfg = load_combiner(checkpoint, device=device)
         return CombinerRetriever(clip, combiner, preprocess=cfg.preprocess, device=device)
-    path = resolve_checkpoint(checkpoint, "finetune")
-    cfg = _read(path, "finetune")[1]
-    return cir.Baseline(load_finetuned_clip(path, device=device), "sum", prompts=PROMPTS, preprocess=cfg.preprocess,
-                        device=device)
+    clip, cfg = run_clip(checkpoint, device=device)
+    return cir.Baseline(clip, method, prompts=PROMPTS, preprocess=cfg.preprocess, device=device)
+
+
+def run_clip(checkpoint: str | Path, *, device: str | torch.device | None = None) -> tuple[nn.Module, CombinerConfig]:
+    """The CLIP a run retrieves with: stage 1's fine-tuned one, or (a Combiner-only run) the frozen backbone."""
+    try:
+        path = resolve_checkpoint(checkpoint, "finetune")
+    except FileNotFoundError:
+        clip, _, cfg = load_combiner(checkpoint, device=device)
+        return clip, cfg
+    return load_finetuned_clip(path, device=device), _read(path, "finetune")[1]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
