@@ -167,3 +167,13 @@ def test_real_dataset_paths_run_on_fixture_trees_and_missing_images_are_listed(t
         png.unlink()
     with pytest.raises(FileNotFoundError, match="train-"):
         c.train(_tiny("cirr"), tmp_path / "y", root=cirr, progress=False, device="cpu")
+
+
+def test_journal_variant_fine_tunes_both_encoders(tmp_path):
+    cfg = c.config_for("shapes", "smoke", encoder="both")
+    clip, result = c.finetune(cfg, tmp_path, progress=False, device="cpu")
+    fresh = c.load_backbone(cfg)
+    assert result.history[-1]["step"] == 3
+    assert not torch.equal(clip.visual.conv1.weight, fresh.visual.conv1.weight)  # images encoded every step, trained
+    assert not torch.equal(clip.token_embedding.weight, fresh.token_embedding.weight)
+    assert torch.equal(clip.logit_scale, fresh.logit_scale)  # unused by the loss: never trained

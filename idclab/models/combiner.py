@@ -439,11 +439,14 @@ def finetune(cfg: CombinerConfig, out_dir: str | Path | None, *, root: str | Pat
     else:
         data = PixelTriplets(source)
     bench = _subset(val_benchmark(cfg, root=root), cfg.finetune.eval_queries)
-    prompts = {k: v for k, v in PROMPTS.items()}
+    cache: dict = {}
 
     def val_fn(m: FineTuner) -> dict:
-        metrics = cir.evaluate(cir.Baseline(m.clip, "sum", prompts=prompts, preprocess=cfg.preprocess,
-                                            device=device), bench, progress=False)["metrics"]
+        retriever = cir.Baseline(m.clip, "sum", prompts=PROMPTS, preprocess=cfg.preprocess, device=device)
+        if not cache or cfg.encoder != "text":  # a frozen image tower gives the same gallery features every time
+            cache["names"] = cir.needed_images(bench)
+            cache["feats"] = cir.image_features(retriever, bench, cache["names"], progress=False)
+        metrics = cir.evaluate(retriever, bench, feats=cache["feats"], names=cache["names"], progress=False)["metrics"]
         return {"select": selection_score(metrics, bench.protocol), **_flat(metrics)}
 
     params = [p for p in model.parameters() if p.requires_grad]
