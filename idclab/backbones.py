@@ -129,7 +129,7 @@ def load_clip(
 
     Args:
         name: ``"shapes-clip"`` (shipped toy-world weights, loads offline and instantly), a tiny config from
-            :data:`TINY_CONFIGS` (random weights), or an open_clip model name.
+            :data:`TINY_CONFIGS` (random weights from a fixed seed), or an open_clip model name.
         pretrained: open_clip weights tag (e.g. ``"openai"``) or a checkpoint path, for open_clip names only.
         device: where to put the model.
         cache_dir: where open_clip keeps downloaded weights (e.g. a Google Drive folder on Colab).
@@ -142,7 +142,9 @@ def load_clip(
     elif name in TINY_CONFIGS:
         if pretrained is not None:
             raise ValueError(f"{name!r} is a random-weight test config; it has no pretrained weights.")
-        model = open_clip.CLIP(**TINY_CONFIGS[name])
+        with torch.random.fork_rng(devices=[]):  # random, but the same weights every time: a checkpoint that keeps
+            torch.manual_seed(0)  # only what was trained (Pic2Word's mapping) can rebuild the rest
+            model = open_clip.CLIP(**TINY_CONFIGS[name])
     else:
         model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir)
     model.idclab_name = name  # recorded in checkpoints so a checkpoint of another backbone is refused

@@ -194,12 +194,7 @@ class Combiner(nn.Module):
 
 
 def load_backbone(cfg: CombinerConfig, *, device: str | torch.device = "cpu") -> nn.Module:
-    """The CLIP that stage 1 starts from. Random-weight test configs come from a fixed seed, so checkpoints rebuild
-    them identically."""
-    if cfg.backbone in backbones.TINY_CONFIGS:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return backbones.load_clip(cfg.backbone, device=device)
+    """The CLIP that stage 1 starts from (random-weight test configs come from a fixed seed)."""
     return backbones.load_clip(cfg.backbone, cfg.pretrained, device=device)
 
 
