@@ -79,7 +79,8 @@ class StageConfig:
     batch_size: int = 128  # §4 README (code default 512); issue #10: 128 with gradient checkpointing
     epochs: int = 100  # §4 README
     max_steps: int | None = None  # overrides epochs (toy / smoke)
-    eval_every: int | None = None  # steps between validations (the reference: every epoch); None: at the end
+    eval_every: int | None = None  # steps between validations; None: every epoch (the reference), or only at the
+    #                                end when max_steps is set
     eval_queries: int | None = None  # validate on the first N val queries (None: all)
 
 
@@ -414,10 +415,12 @@ def _subset(bench: cir.CIRBenchmark, n: int | None) -> cir.CIRBenchmark:
 
 
 def _trainer_config(stage: StageConfig, n: int, precision: str, seed: int, progress: bool) -> TrainConfig:
-    steps = stage.max_steps or stage.epochs * max(1, n // stage.batch_size)
+    per_epoch = max(1, n // stage.batch_size)  # drop_last, as the reference's loaders
+    steps = stage.max_steps or stage.epochs * per_epoch
+    every = stage.eval_every or (None if stage.max_steps else per_epoch)  # the reference validates every epoch
     return TrainConfig(max_steps=steps, batch_size=min(stage.batch_size, n), lr=stage.lr,
                        weight_decay=stage.weight_decay, betas=stage.betas, eps=stage.eps, schedule="constant",
-                       precision=precision, seed=seed, eval_every=stage.eval_every, select_metric="select",
+                       precision=precision, seed=seed, eval_every=every, select_metric="select",
                        select_mode="max", progress=progress)
 
 
