@@ -210,6 +210,16 @@ class CLIPRetriever:
         tokens = backbones.tokenize(list(texts), context_length=self.context_length).to(self.device)
         return F.normalize(backbones.encode_text(self.clip, tokens).float(), dim=-1)
 
+    def texts(self, queries: Sequence[CIRQuery]) -> list[str]:
+        """Each query's text from ``self.prompts`` (its kind's template); a kind without a template is an error."""
+        out = []
+        for q in queries:
+            if q.kind not in self.prompts:
+                raise ValueError(f"No {self.method} prompt for {q.kind!r} queries; add one to prompts "
+                                 f"({sorted(self.prompts)}).")
+            out.append(compose(self.prompts[q.kind], q))
+        return out
+
     def encode_gallery(self, image_feats: Tensor) -> Tensor:  # [G, D] raw -> [G, D] normalised
         return F.normalize(image_feats.float(), dim=-1)
 
@@ -238,14 +248,6 @@ class Baseline(CLIPRetriever):
         super().__init__(clip, **kwargs)
         self.method = method
         self.prompts = check_prompts(TEXT_PROMPTS if prompts is None else prompts)
-
-    def texts(self, queries: Sequence[CIRQuery]) -> list[str]:
-        out = []
-        for q in queries:
-            if q.kind not in self.prompts:
-                raise ValueError(f"No text prompt for {q.kind!r} queries; add one to prompts ({sorted(self.prompts)}).")
-            out.append(compose(self.prompts[q.kind], q))
-        return out
 
     def encode_query(self, image_feats: Tensor, queries: Sequence[CIRQuery]) -> Tensor:
         image = F.normalize(image_feats.float(), dim=-1)  # [B, D]

@@ -538,12 +538,7 @@ class CombinerRetriever(cir.CLIPRetriever):
 
     @torch.no_grad()
     def raw_text(self, queries: Sequence[cir.CIRQuery]) -> torch.Tensor:
-        texts = []
-        for q in queries:
-            if q.kind not in self.prompts:
-                raise ValueError(f"No Combiner prompt for {q.kind!r} queries; add one to prompts ({sorted(self.prompts)}).")
-            texts.append(cir.compose(self.prompts[q.kind], q))
-        tokens = backbones.tokenize(texts, context_length=self.context_length).to(self.device)
+        tokens = backbones.tokenize(self.texts(queries), context_length=self.context_length).to(self.device)
         return backbones.encode_text(self.clip, tokens).float()  # [B, d], raw
 
     @torch.no_grad()

@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from idclab import backbones
-from idclab.cir import CIRQuery, CLIPRetriever, check_prompts, compose
+from idclab.cir import CIRQuery, CLIPRetriever, check_prompts
 from idclab.configs import from_dict, get_profile, pick_device, to_dict
 from idclab.losses import symmetric_info_nce
 from idclab.metrics.retrieval import recall_at_k, topk_search
@@ -411,12 +411,7 @@ class Pic2WordRetriever(CLIPRetriever):
 
     @torch.no_grad()
     def encode_query(self, image_feats: torch.Tensor, queries: Sequence[CIRQuery]) -> torch.Tensor:
-        texts = []
-        for q in queries:
-            if q.kind not in self.prompts:
-                raise ValueError(f"No Pic2Word prompt for {q.kind!r} queries; add one to prompts ({sorted(self.prompts)}).")
-            texts.append(compose(self.prompts[q.kind], q))
-        tokens = backbones.tokenize(texts, context_length=self.context_length).to(self.device)  # [B, L]
+        tokens = backbones.tokenize(self.texts(queries), context_length=self.context_length).to(self.device)  # [B, L]
         return F.normalize(self.model.encode_with_pseudo_word(image_feats, tokens).float(), dim=-1)  # [B, D]
 
     def describe(self) -> dict:
