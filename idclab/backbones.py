@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from idclab.images import as_rgb_array, read_image
+
 __all__ = [
     "SHAPES_CLIP",
     "TINY_CONFIGS",
@@ -256,50 +258,9 @@ def image_size(model: open_clip.CLIP) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-def load_image(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
-    """Read an image as uint8 RGB [H, W, 3], with these documented conversions:
-
-    * grayscale (``L``, ``I;16``, [H, W] or [H, W, 1] arrays) -> the gray value copied into R, G and B;
-    * RGBA / LA / palette with transparency -> composited onto a white background (CLEVR's PNGs are RGBA);
-    * anything else PIL can open -> converted to RGB.
-    """
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.exists():
-            raise FileNotFoundError(f"No image at {path}.")
-        with Image.open(path) as im:
-            return load_image(im.copy())
-    if isinstance(image, Image.Image):
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(white, rgba)
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    if isinstance(image, np.ndarray):
-        return _as_rgb_array(image)
-    raise TypeError(f"Cannot read an image from {type(image).__name__}; pass a path, a PIL image or a uint8 array.")
-
-
-def _as_rgb_array(a: np.ndarray) -> np.ndarray:
-    if a.dtype != np.uint8:
-        raise ValueError(
-            f"Image arrays must be uint8 in 0..255 (got {a.dtype}); convert with (x * 255).round().astype(np.uint8) "
-            "if yours are floats in 0..1."
-        )
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3:
-        raise ValueError(f"An image array must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]; got shape {a.shape}.")
-    if a.shape[2] == 1:
-        return np.repeat(a, 3, axis=2)
-    if a.shape[2] == 3:
-        return a
-    if a.shape[2] == 4:
-        return load_image(Image.fromarray(a, mode="RGBA"))
-    raise ValueError(
-        f"An image array must have 1, 3 or 4 channels last ([H, W, C]); got shape {a.shape}. If your array is "
-        "channels-first, transpose it with a.transpose(1, 2, 0)."
-    )
+# Reading an image (RGBA on white, grayscale copied to RGB, ...) is idclab.images.read_image, which needs no open_clip;
+# this is its public name here.
+load_image = read_image
 
 
 RESIZE_MODES = ("squash", "center_crop", "target_pad")
@@ -337,9 +298,9 @@ def to_pixels(images, size: int, *, device: str | torch.device = "cpu", resize: 
     if batch.dtype != np.uint8:
         raise ValueError(f"Image batches must be uint8 (got {batch.dtype}).")
     if batch.shape[1:3] != (size, size):
-        batch = np.stack([_resize(_as_rgb_array(a), size, resize) for a in batch])
+        batch = np.stack([_resize(as_rgb_array(a), size, resize) for a in batch])
     elif batch.shape[3] != 3:
-        batch = np.stack([_as_rgb_array(a) for a in batch])
+        batch = np.stack([as_rgb_array(a) for a in batch])
     x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)  # [B, 3, S, S]
     return (x - MEAN.to(device)[:, None, None]) / STD.to(device)[:, None, None]
 

@@ -5,21 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+from idclab.images import read_image  # the one image reader, for the loaders that import it from here
 
 MAX_LISTED = 10  # how many missing files an error message names
-
-
-def read_image(path: Path, *, image_size: int | None = None) -> np.ndarray:
-    """uint8 RGB [H, W, 3] via :func:`idclab.backbones.load_image`; [S, S, 3] (bicubic squash) if ``image_size``."""
-    from PIL import Image
-
-    from idclab import backbones  # imported here: reading annotations (verify, prepare) needs no open_clip
-
-    img = backbones.load_image(path)
-    if image_size is not None and img.shape[:2] != (image_size, image_size):
-        img = np.asarray(Image.fromarray(img).resize((image_size, image_size), Image.BICUBIC))
-    return img
 
 
 def check_image_size(image_size: int | None) -> int | None:

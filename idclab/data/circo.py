@@ -33,8 +33,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from idclab.cir import ALL, CIRBenchmark, CIRQuery
 from idclab.data._common import listing, read_json
+from idclab.data.cir_benchmark import ALL, CIRBenchmark, CIRQuery
 
 SPLITS = ("val", "test")
 # [count] of miccunifi/CIRCO's annotation files (reference notes, metrics_and_data.md §4.6).

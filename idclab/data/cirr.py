@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from idclab.cir import ALL, CIRBenchmark, CIRQuery
 from idclab.data._common import check_image_size, listing, position, read_image, read_json
+from idclab.data.cir_benchmark import ALL, CIRBenchmark, CIRQuery
 
 SPLITS = ("train", "val", "test1")
 SPLIT_ALIASES = {"test": "test1"}

@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from idclab.cir import ALL, CIRBenchmark, CIRQuery
-from idclab.data._common import listing, read_json
+from idclab.data._common import listing, read_image, read_json
+from idclab.data.cir_benchmark import ALL, CIRBenchmark, CIRQuery
 
 PREP_VERSION = 1
 HEADER_PREFIX = "# idclab coco-composition prep v"
@@ -300,8 +300,6 @@ class MaskedCrop:
 
     def __call__(self) -> np.ndarray:
         from PIL import Image
-
-        from idclab.data._common import read_image
 
         image = read_image(self.path)  # uint8 [H, W, 3]
         h, w = image.shape[:2]

@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from idclab.cir import CIRBenchmark, CIRQuery
 from idclab.data._common import check_image_size, listing, position, read_image, read_json
+from idclab.data.cir_benchmark import CIRBenchmark, CIRQuery
 
 CATEGORIES = ("dress", "shirt", "toptee")
 SPLITS = ("train", "val", "test")

@@ -44,8 +44,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from idclab.cir import ALL, CIRBenchmark, CIRQuery
 from idclab.data._common import listing
+from idclab.data.cir_benchmark import ALL, CIRBenchmark, CIRQuery
 
 DOMAINS = ("cartoon", "origami", "toy", "sculpture")  # Pic2Word's order: label = class + 1000 x index
 N_CLASSES = 200  # ImageNet-R's classes
