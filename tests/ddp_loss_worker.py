@@ -23,5 +23,6 @@ v, g, scale = model(x[mine], y[mine])  # [N/2, 4], [N/2, 4], scalar
 out = symmetric_info_nce(v, g, scale=scale)
 out.loss.backward()  # DDP averages the gradients over the ranks here
 grads = {name: p.grad for name, p in model.module.named_parameters()}
-torch.save({"loss": out.loss.detach(), "logits": out.logits.detach(), "grads": grads}, Path(sys.argv[1]) / f"rank{rank}.pt")
+saved = {"loss": out.loss.detach(), "logits": out.logits.detach(), "grads": grads}
+torch.save(saved, Path(sys.argv[1]) / f"rank{rank}.pt")
 dist.destroy_process_group()

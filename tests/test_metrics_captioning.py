@@ -365,3 +365,44 @@ def test_load_caption_json_malformed(tmp_path, kind, content, match):
 def test_load_caption_json_kind(tmp_path):
     with pytest.raises(ValueError, match="kind must be 'gts' or 'res'"):
         load_caption_json(_write(tmp_path, "x.json", {}), kind="refs")
+
+
+# ---- line breaks inside captions ------------------------------------------------------------------------------
+
+# Characters that end a line for Java's PTBTokenizer or for Python (pycocoevalcap only replaces "\n").
+LINE_BREAKS = ["\r", "\r\n", "\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\n"]
+
+
+def _with_breaks(text, k):
+    """``text`` with its first space replaced by line break number k (cycling through LINE_BREAKS)."""
+    return text.replace(" ", LINE_BREAKS[k % len(LINE_BREAKS)], 1)
+
+
+@needs_java
+def test_line_breaks_in_captions_give_the_scores_of_the_clean_text():
+    gts = {i: [_with_breaks(c, i + j) for j, c in enumerate(refs)] for i, refs in GTS.items()}
+    res = {i: _with_breaks(c, i + 3) for i, c in RES.items()}
+    assert gts[0][0] == "The\rsmall red cube has moved to the left." and res[1] == "There\u0085is no change."
+    assert_scores_equal(score_captions(gts, res), GOLDEN)  # the golden values of the clean captions
+
+
+@needs_java
+def test_identical_captions_with_line_breaks_keep_bleu_4_at_one():
+    # Each id's hypothesis is the text of its only reference. References of even ids and hypotheses of odd ids carry
+    # a line break: without normalisation, each side's later captions would shift onto other ids.
+    texts = ["the red cube moved to the left", "a small green sphere has been added", "nothing has changed at all here",
+             "the large blue cylinder became yellow", "someone took away the gray cube", "the metal ball is now rubber",
+             "a purple cube appeared behind the sphere", "the two scenes are the same", "the cyan sphere moved right"]
+    gts = {f"pair{k}": [_with_breaks(t, k) if k % 2 == 0 else t] for k, t in enumerate(texts)}
+    res = {f"pair{k}": _with_breaks(t, k) if k % 2 == 1 else t for k, t in enumerate(texts)}
+    scores = score_captions(gts, res)
+    assert scores["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["ROUGE-L"] == pytest.approx(1.0, abs=1e-9)
+
+
+@needs_java
+def test_tokenizer_lines_that_do_not_match_the_captions_are_an_error(monkeypatch):
+    # Switch the normalisation off: a caption with "\r" becomes two lines and the one-to-one check must refuse.
+    monkeypatch.setattr(cap, "_one_line", lambda caption: caption)
+    with pytest.raises(RuntimeError, match=r"PTB tokenization returned 5 lines for 4 captions.*wrong ids"):
+        score_captions({i: [c] for i, c in RES.items()}, {**RES, 1: "There is\rno change."})

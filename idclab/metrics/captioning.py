@@ -4,7 +4,8 @@ Image difference captioning papers (CLIP4IDC, RCC, DUDA, ...) report the numbers
 code. This module is a thin, careful wrapper around that code (``pycocoevalcap`` 1.2, the PyPI copy of
 ``salaniz/pycocoevalcap``), so idclab's numbers are the papers' numbers:
 
-1. PTB tokenization (Stanford CoreNLP's ``PTBTokenizer``, lower-cased, punctuation dropped), run by Java;
+1. PTB tokenization (Stanford CoreNLP's ``PTBTokenizer``, lower-cased, punctuation dropped), run by Java, after
+   line breaks inside a caption ("\\r", U+2028, ...) are replaced by spaces so that captions and ids stay aligned;
 2. BLEU-1..4 (corpus level, "closest" reference length for the brevity penalty);
 3. METEOR 1.5 (a Java process, started once and reused; see below);
 4. ROUGE-L (longest common subsequence, beta = 1.2);
@@ -450,9 +451,21 @@ def _tokenize(refs: list[list[str]], hyps: list[str]) -> tuple[dict[int, list[st
     Keys become positions 0..N-1: pycocoevalcap only needs them hashable, SPICE needs them sortable and
     JSON-serialisable, and positions are all three whatever the caller's ids are.
     """
-    gts_in = {k: [{"caption": c} for c in r] for k, r in enumerate(refs)}
-    res_in = {k: [{"caption": h}] for k, h in enumerate(hyps)}
+    gts_in = {k: [{"caption": _one_line(c)} for c in r] for k, r in enumerate(refs)}
+    res_in = {k: [{"caption": _one_line(h)}] for k, h in enumerate(hyps)}
     return _run_tokenizer(gts_in), _run_tokenizer(res_in)
+
+
+def _one_line(caption: str) -> str:
+    """Replace every line boundary in ``caption`` by a space.
+
+    pycocoevalcap writes one caption per line and reads the tokenizer's output back line by line, but it only
+    replaces "\n": Java's PTBTokenizer also ends a line at "\r", "\x0b", "\x0c", U+2028 and U+2029, so such a
+    caption would become two lines and every later caption would be scored against the wrong id. ``str.splitlines``
+    knows those boundaries and a few more (U+0085, "\x1c".."\x1e"), which the tokenizer would turn into a space or
+    drop as punctuation anyway, so the tokens are those of the caption with a space in place of each break.
+    """
+    return " ".join(caption.splitlines())
 
 
 class _QuietSubprocess:
@@ -466,7 +479,18 @@ class _QuietSubprocess:
     @staticmethod
     def Popen(*args, **kwargs):  # noqa: N802 (mirrors subprocess.Popen)
         kwargs.setdefault("stderr", subprocess.PIPE)
-        return subprocess.Popen(*args, **kwargs)
+        return _TokenizerProcess(*args, **kwargs)
+
+
+class _TokenizerProcess(subprocess.Popen):
+    """``subprocess.Popen`` that keeps the tokenizer's output, so that :func:`_run_tokenizer` can count its lines."""
+
+    last_stdout: bytes | None = None  # set by the latest run (read under _TOKENIZER_LOCK)
+
+    def communicate(self, *args, **kwargs):
+        out, err = super().communicate(*args, **kwargs)
+        _TokenizerProcess.last_stdout = out
+        return out, err
 
 
 def _run_tokenizer(captions: dict[int, list[dict]]) -> dict[int, list[str]]:
@@ -474,8 +498,10 @@ def _run_tokenizer(captions: dict[int, list[dict]]) -> dict[int, list[str]]:
     try:
         with _TOKENIZER_LOCK:
             _ptb.subprocess = _QuietSubprocess
+            _TokenizerProcess.last_stdout = None
             try:
                 out = PTBTokenizer().tokenize(captions)
+                stdout = _TokenizerProcess.last_stdout
             finally:
                 _ptb.subprocess = subprocess
     except OSError as e:
@@ -494,6 +520,22 @@ def _run_tokenizer(captions: dict[int, list[dict]]) -> dict[int, list[str]]:
             f"PTB tokenization (Java, stanford-corenlp-3.4.1.jar in {tokenizer_dir}) returned {n_out} lines for "
             f"{n_in} captions; Java probably failed (see its error output above). Check that `java -version` works "
             f"and that the jar is present."
+        )
+    # pycocoevalcap pairs output lines with captions in order and silently ignores extra lines: check one to one.
+    n_in = sum(len(v) for v in captions.values())
+    if stdout is None:
+        raise RuntimeError(
+            "Could not check that PTB tokenization kept one line per caption: pycocoevalcap's PTBTokenizer no longer "
+            "runs Java through subprocess.Popen. Install pycocoevalcap 1.2 (pip install 'pycocoevalcap==1.2')."
+        )
+    lines = stdout.decode(errors="replace").split("\n")
+    if len(lines) == n_in + 1 and lines[-1] == "":
+        lines.pop()  # a final newline ends the last line; it does not start a new one
+    if len(lines) != n_in:
+        raise RuntimeError(
+            f"PTB tokenization returned {len(lines)} lines for {n_in} captions, so captions would be scored against "
+            f"the wrong ids. A caption probably contains a line break that Java splits on; replace line breaks in "
+            f"the captions by spaces and report this case to idclab."
         )
     return out
 
