@@ -10,18 +10,29 @@
 * :func:`attention_on_pair` -- attention over the before / after patch grids, on top of the images;
 * :func:`composed_retrieval_grid` -- composed queries (reference + text) and their top-k;
 * :func:`cir_composer` -- an ipywidgets composer: pick an image, type a modification, see the top-k.
+
+Tables (GitHub-flavoured markdown strings; the book renders them with ``display(Markdown(...))``):
+
+* :func:`table` -- rows of values under a header, floats formatted one way or per column;
+* :func:`show_table` -- :func:`table` with a caption line, displayed in a notebook;
+* :func:`config_table` -- "paper vs this run": one row per configuration field, one column per config;
+* :func:`param_counts` / :func:`param_table` -- trainable, frozen and total parameters per part of a model.
 """
 
 from __future__ import annotations
 
+import numbers
 import textwrap
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 
+from idclab.images import read_image
+
 __all__ = ["image_grid", "show_pairs", "show_triplets", "similarity_matrix", "training_curves", "retrieval_grid",
-           "pair_encoder_diagram", "attention_on_pair", "composed_retrieval_grid", "cir_composer"]
+           "pair_encoder_diagram", "attention_on_pair", "composed_retrieval_grid", "cir_composer", "table",
+           "show_table", "config_table", "param_counts", "param_table"]
 
 
 def _wrap(text: str, width: int) -> str:
@@ -248,15 +259,13 @@ def composed_retrieval_grid(bench, ranking, rows: Sequence[int], *, k: int = 5, 
                             title: str | None = None) -> plt.Figure:
     """Composed queries of a :class:`idclab.cir.CIRBenchmark` (reference image, its modification text as the
     title) and their top-k from a :class:`idclab.cir.Ranking`; targets framed green, the rest red."""
-    from idclab import cir
-
     names = [ranking.top(i, k) for i in rows]
     queries = [ranking.queries[i] for i in rows]
     pool = list(dict.fromkeys(n for row in names for n in row))
-    gallery = [cir.read_image(bench.images[n]) for n in pool]
+    gallery = [read_image(bench.images[n]) for n in pool]
     indices = [[pool.index(n) for n in row] for row in names]
     texts = [q.fields.get("caption") or " and ".join(str(v) for v in q.fields.values()) for q in queries]
-    fig = retrieval_grid([cir.read_image(bench.images[q.reference]) for q in queries], gallery, indices, k=k,
+    fig = retrieval_grid([read_image(bench.images[q.reference]) for q in queries], gallery, indices, k=k,
                          correct=[[n in q.targets for n in row] for q, row in zip(queries, names)], size=size,
                          query_titles=texts)
     if title:
@@ -270,8 +279,6 @@ def cir_composer(search, references: Sequence[str], *, k: int = 5, size: float =
     import ipywidgets as widgets
     from IPython.display import display
 
-    from idclab import cir
-
     ref = widgets.Dropdown(options=list(references), description="reference")
     text = widgets.Text(value="", placeholder="e.g. make the red cube blue", description="modify")
     kind = widgets.ToggleButtons(options=[("caption", "cirr"), ("domain", "domain")], value="cirr")
@@ -284,8 +291,8 @@ def cir_composer(search, references: Sequence[str], *, k: int = 5, size: float =
                 print("type a modification")
                 return
             top = search.search(ref.value, text.value, kind=kind.value, k=k)
-            gallery = [cir.read_image(search.bench.images[n]) for n, _ in top]
-            fig = retrieval_grid([cir.read_image(search.bench.images[ref.value])], gallery, [list(range(len(top)))],
+            gallery = [read_image(search.bench.images[n]) for n, _ in top]
+            fig = retrieval_grid([read_image(search.bench.images[ref.value])], gallery, [list(range(len(top)))],
                                  k=len(top), size=size, query_titles=[text.value])
             display(fig)
             plt.close(fig)
@@ -293,3 +300,118 @@ def cir_composer(search, references: Sequence[str], *, k: int = 5, size: float =
     for w in (ref, text, kind):
         w.observe(show, names="value")
     return widgets.VBox([widgets.HBox([ref, kind]), text, out])
+
+
+def _cell(value: Any, floatfmt: str) -> str:
+    """One table cell: floats (Python or NumPy, or 0-d tensors/arrays) with ``floatfmt``, the rest with ``str``.
+    A ``|`` inside a cell is escaped and a line break becomes ``<br>``, so a cell never splits the row."""
+    if hasattr(value, "ndim") and getattr(value, "ndim") == 0 and hasattr(value, "item"):
+        value = value.item()  # a 0-d tensor or array
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        text = format(float(value), floatfmt)
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+def table(rows: Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *,
+          floatfmt: str | Sequence[str] = ".1f") -> str:
+    """A GitHub-flavoured markdown table (a string: ``display(Markdown(table(...)))`` renders it).
+
+    ``rows`` are sequences of cell values under ``columns``, or dicts (``columns`` defaults to the first row's keys;
+    give it to pick and order the keys). Floats are formatted with ``floatfmt``: one format for every column, or one
+    per column (e.g. ``["", ".3f", ".1f"]``; a column of strings ignores its format). Every other value goes through
+    ``str``.
+
+    >>> print(table([["cube", 0.5], ["sphere", 0.25]], ["shape", "share"], floatfmt=".2f"))
+    | shape | share |
+    |---|---|
+    | cube | 0.50 |
+    | sphere | 0.25 |
+    """
+    rows = list(rows)
+    if rows and isinstance(rows[0], Mapping):
+        columns = list(columns) if columns is not None else list(rows[0])
+        missing = [(i, c) for i, r in enumerate(rows) for c in columns if c not in r]
+        if missing:
+            raise KeyError(f"row {missing[0][0]} has no {missing[0][1]!r}: give every dict row the keys {columns}")
+        rows = [[r[c] for c in columns] for r in rows]
+    if columns is None:
+        raise ValueError("table: give the column names (columns=[...]) when the rows are sequences, not dicts")
+    columns = list(columns)
+    formats = [floatfmt] * len(columns) if isinstance(floatfmt, str) else list(floatfmt)
+    if len(formats) != len(columns):
+        raise ValueError(f"table: {len(formats)} float formats for {len(columns)} columns; give one per column or "
+                         "a single string")
+    lines = ["| " + " | ".join(_cell(c, "") for c in columns) + " |", "|" + "---|" * len(columns)]
+    for i, row in enumerate(rows):
+        row = list(row)
+        if len(row) != len(columns):
+            raise ValueError(f"table: row {i} has {len(row)} cells for {len(columns)} columns: {row}")
+        lines.append("| " + " | ".join(_cell(v, f) for v, f in zip(row, formats)) + " |")
+    return "\n".join(lines)
+
+
+def show_table(rows, columns: Sequence[str] | None = None, *, caption: str = "", note: str = "",
+               floatfmt: str | Sequence[str] = ".1f") -> None:
+    """Display :func:`table` in a notebook, with an optional caption above it and a note below it (markdown)."""
+    from IPython.display import Markdown, display
+
+    parts = [caption, table(rows, columns, floatfmt=floatfmt), note]
+    display(Markdown("\n\n".join(p for p in parts if p)))
+
+
+def _field(config: Any, path: str) -> Any:
+    value = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def config_table(fields: Sequence[tuple[str, str | Callable[[Any], Any]]], configs: Mapping[str, Any]) -> str:
+    """The "paper vs this run" table: one row per field, one column per configuration.
+
+    ``fields`` are ``(label, how)`` pairs; ``how`` is a dotted attribute path (``"adapt.lr"``) or a function of the
+    config returning the cell. ``configs`` maps column headers to configs, e.g.
+    ``{"paper": config_for("clevr", "paper"), "this run (toy)": CFG}``. Floats are written with ``:g``.
+    """
+    rows = []
+    for label, how in fields:
+        cells = [how(c) if callable(how) else _field(c, how) for c in configs.values()]
+        rows.append([label] + [format(v, "g") if isinstance(v, float) else v for v in cells])
+    return table(rows, ["", *configs])
+
+
+def param_counts(parts, *, total: bool = True) -> dict[str, dict[str, int]]:
+    """Trainable / frozen / total parameter counts per part.
+
+    ``parts`` is one ``nn.Module`` or a dict of name -> module (or -> iterable of parameters, e.g. a filtered
+    ``named_parameters``). A parameter is frozen when ``requires_grad`` is False. With ``total`` (and several parts)
+    a last row ``"total"`` sums the distinct parameters of all parts (a tensor shared by two parts counts once).
+    """
+    if hasattr(parts, "parameters") and not isinstance(parts, Mapping):
+        parts = {"model": parts}
+    seen: dict[int, Any] = {}
+    out = {}
+    for name, part in parts.items():
+        params = list(part.parameters() if hasattr(part, "parameters") else part)
+        params = [p[1] if isinstance(p, tuple) else p for p in params]  # named_parameters() pairs
+        unique = {id(p): p for p in params}.values()
+        seen.update({id(p): p for p in unique})
+        trainable = sum(p.numel() for p in unique if p.requires_grad)
+        everything = sum(p.numel() for p in unique)
+        out[name] = dict(trainable=trainable, frozen=everything - trainable, total=everything)
+    if total and len(out) > 1:
+        if "total" in out:
+            raise ValueError("param_counts: a part is called 'total'; rename it or pass total=False")
+        trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
+        everything = sum(p.numel() for p in seen.values())
+        out["total"] = dict(trainable=trainable, frozen=everything - trainable, total=everything)
+    return out
+
+
+def param_table(parts, *, total: bool = True) -> str:
+    """:func:`param_counts` as a markdown table (thousands separated by commas)."""
+    counts = param_counts(parts, total=total)
+    return table([[name, f"{c['trainable']:,}", f"{c['frozen']:,}", f"{c['total']:,}"] for name, c in counts.items()],
+                 ["part", "trainable", "frozen", "total"])
