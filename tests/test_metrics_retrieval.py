@@ -284,6 +284,22 @@ def test_recall_fraction_by_hand():
     assert hit["R@1"] == 100.0
 
 
+def test_recall_fraction_scores_a_query_without_relevant_items_zero_when_asked():
+    # Pic2Word's ImageNet-R mean runs over every query of a domain; a photo whose class has no image in the domain
+    # (label 9 below, carried by no gallery item) counts as 0 instead of leaving the mean.
+    gallery_labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    query_labels = torch.tensor([1, 0, 9])
+    indices = torch.tensor([[2, 0, 3, 5], [1, 2, 0, 3], [0, 2, 3, 5]])
+    # per query, R@1: 1/3, 1/2, 0 ; R@3: 2/3, 2/2, 0
+    out = recall_fraction_at_k(indices, gallery_labels, query_labels, ks=(1, 3), without_relevant="zero")
+    assert out["R@1"] == pytest.approx(100 * (1 / 3 + 1 / 2 + 0) / 3)  # 27.78
+    assert out["R@3"] == pytest.approx(100 * (2 / 3 + 1 + 0) / 3)  # 55.56
+    with pytest.raises(ValueError, match=r"without_relevant='zero'"):  # the default still refuses
+        recall_fraction_at_k(indices, gallery_labels, query_labels, ks=(1,))
+    with pytest.raises(ValueError, match=r"without_relevant must be 'raise' or 'zero'"):
+        recall_fraction_at_k(indices, gallery_labels, query_labels, ks=(1,), without_relevant="drop")
+
+
 def test_recall_fraction_errors():
     gallery_labels = torch.tensor([0, 0, 1])
     indices = torch.tensor([[0, 1], [2, 0]])

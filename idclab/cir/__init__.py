@@ -17,6 +17,9 @@ protocol          metrics                                             reference 
 ``shapes``        R@1/5/10 per task, R_subset@1/2/3                   removed (as CIRR)
 ================  ==================================================  ========================================
 
+ImageNet-R averages over every (photo, domain) query, as Pic2Word does: a photo whose class has no image in the
+domain has no target and scores 0. Beside it, ``R@K_with_target`` averages over the queries that have a target.
+
 Every evaluation can print the image-only, text-only and image+text-sum baselines beside the method (:func:`compare`).
 
 The package, by job:

@@ -155,7 +155,9 @@ def needed_images(bench: CIRBenchmark) -> list[str]:
 
 def score(bench: CIRBenchmark, ranking: Ranking) -> dict[str, dict[str, float]]:
     """Metrics per reporting group (and "all" / the category average), in percent, by the benchmark's protocol."""
-    if any(not q.targets for q in ranking.queries):
+    # An ImageNet-R query without targets is a photo whose class has no image in the domain (it scores 0), elsewhere
+    # empty targets mean a test-server split.
+    if bench.protocol != "imagenet_r" and any(not q.targets for q in ranking.queries):
         raise ValueError(f"{bench.name} {bench.split} hides its targets (a test-server split); write a submission "
                          f"instead (cirr_submission / circo_submission).")
     p = bench.protocol
@@ -215,18 +217,28 @@ def _score_gallery(bench: CIRBenchmark, ranking: Ranking, g: str, rows: list[int
         out = named(map_at_k(idx, positives, ks), "mAP")
         out.update(named(recall_at_k(idx, torch.tensor([pos[q.targets[0]] for q in qs], device=dev), ks), "R"))
         return out
-    # imagenet_r: Pic2Word's fractional recall (labels = one per distinct target set) and the hit rate beside it
+    # imagenet_r: Pic2Word's fractional recall (labels = one per distinct target set) over every query, a query
+    # without target (its class has no image in the domain) scoring 0 as in Pic2Word; the hit rate beside it (such a
+    # query never hits); and, labelled "_with_target", the fractional recall over the queries that have a target.
     label_of: dict[frozenset, int] = {}
-    gallery_labels = torch.full((len(names),), -1, dtype=torch.long, device=dev)
+    gallery_labels = torch.full((len(names),), -1, dtype=torch.long, device=dev)  # -1: no query looks for it
     query_labels = []
     for q in qs:
         key = frozenset(q.targets)
         if key not in label_of:
-            label_of[key] = len(label_of)
+            label_of[key] = len(label_of)  # the empty set gets a label of its own that no gallery item carries
             gallery_labels[[pos[t] for t in key]] = label_of[key]
         query_labels.append(label_of[key])
-    out = named(recall_fraction_at_k(idx, gallery_labels, torch.tensor(query_labels, device=dev), ks), "R")
-    out.update({f"hit_{m}": v for m, v in named(recall_at_k_multi(idx, positives, ks), "R").items()})
+    query_labels = torch.tensor(query_labels, device=dev)  # [q]
+    out = named(recall_fraction_at_k(idx, gallery_labels, query_labels, ks, without_relevant="zero"), "R")
+    has = [r for r, q in enumerate(qs) if q.targets]  # rows with a target
+    if has:
+        hit = named(recall_at_k_multi(idx[has], [positives[r] for r in has], ks), "R")
+        with_target = named(recall_fraction_at_k(idx[has], gallery_labels, query_labels[has], ks), "R")
+    else:
+        hit, with_target = dict.fromkeys(out, 0.0), dict.fromkeys(out, float("nan"))
+    out.update({f"hit_{m}": v * len(has) / len(qs) for m, v in hit.items()})  # target-less queries: misses
+    out.update({f"{m}_with_target": v for m, v in with_target.items()})
     return out
 
 

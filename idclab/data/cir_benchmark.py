@@ -39,7 +39,8 @@ class CIRQuery:
     """One composed query.
 
     ``reference`` and every name in ``targets`` / ``subset`` are keys of :attr:`CIRBenchmark.images`.
-    ``targets`` empty means hidden (a test-server split): the query can be ranked and submitted, not scored.
+    ``targets`` empty means hidden (a test-server split): the query can be ranked and submitted, not scored; except
+    under the ``imagenet_r`` protocol, where it is a photo whose class has no image in the domain (it scores 0).
     """
 
     id: str  # the dataset's query id (CIRR pairid, FashionIQ "<category>/<index>", CIRCO id, ...) as a string

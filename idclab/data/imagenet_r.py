@@ -20,7 +20,7 @@ With both list files present they define the benchmark (their paths start with `
 prefix, which is stripped; labels: class + 1000 x domain index for renditions, 6000 + class for real photos). Without
 them the lists are built from the folders: queries = every real photo of a wnid that has an ``imagenet-r`` folder;
 targets = the ``imagenet-r`` images whose file name starts with one of the four domains. Counted from Pic2Word's
-lists (``pic2word.md`` §3.2): 10,000 real photos; 6,983 targets (cartoon 3,726, origami 550, toy 1,511,
+shipped lists: 10,000 real photos; 6,983 targets (cartoon 3,726, origami 550, toy 1,511,
 sculpture 1,196); gallery 16,983.
 
 The benchmark (protocol ``imagenet_r``, :mod:`idclab.cir`):
@@ -31,10 +31,11 @@ The benchmark (protocol ``imagenet_r``, :mod:`idclab.cir`):
 * queries: one per (real photo, domain): kind "domain", fields {"domain": d}, reference = the photo, targets = the
   renditions of the photo's class in domain d, group = d, id = "<d>/<photo name>". Scored by fractional recall
   (mean over queries of relevant-in-top-K / relevant-in-gallery) and hit recall.
-* **Excluded, and reported**: a photo whose class has no rendition in domain d has no target, so its fractional
-  recall is 0/0. Those (photo, domain) queries are not created; ``bench.info["queries_without_target"]`` counts them
-  per domain (origami, with 550 images, covers far from all 200 classes). Pic2Word runs all 10,000 photos for every
-  domain; how its mean treats these 0/0 queries is not verified here, so numbers may differ from its table.
+* **Queries without a target are kept**, as in Pic2Word: every photo is queried in every domain, and a photo whose
+  class has no rendition in domain d gets ``targets=()`` and scores 0 (its fraction would be 0/0). Pic2Word's mean
+  runs over all 10,000 photos per domain, so these zeros are part of its numbers (origami, with 550 images, covers
+  far from all 200 classes). ``bench.info["queries_without_target"]`` counts them per domain; the harness also
+  reports, labelled ``..._with_target``, the mean over the queries that have a target.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from idclab.data.cir_benchmark import ALL, CIRBenchmark, CIRQuery
 DOMAINS = ("cartoon", "origami", "toy", "sculpture")  # Pic2Word's order: label = class + 1000 x index
 N_CLASSES = 200  # ImageNet-R's classes
 REAL_PER_CLASS = 50  # ImageNet-1k val photos per class
-# Counted from Pic2Word's data/imgnet/*.txt (pic2word.md §3.2).
+# Counted from Pic2Word's shipped lists, data/imgnet/*.txt.
 EXPECTED_QUERIES = 10_000  # real photos (= 200 x 50); each is queried once per domain
 EXPECTED_TARGETS = {"cartoon": 3_726, "origami": 550, "toy": 1_511, "sculpture": 1_196}
 EXPECTED_TARGETS_TOTAL = 6_983
@@ -238,7 +239,8 @@ def load_benchmark(root, *, domains=DOMAINS, check_files: bool = True) -> CIRBen
 
     Returns:
         name "imagenet_r", split "val", protocol "imagenet_r"; ``info`` holds the list source, counts per domain,
-        ``queries_without_target`` {domain: photos whose class has no rendition there} and the published counts.
+        ``queries_without_target`` {domain: photos whose class has no rendition there; their queries have
+        ``targets=()`` and score 0} and the published counts.
 
     Raises:
         ValueError: unknown or repeated domains; see :func:`read_lists`.
@@ -266,10 +268,9 @@ def load_benchmark(root, *, domains=DOMAINS, check_files: bool = True) -> CIRBen
     for d in domains:
         without[d] = 0
         for photo in lists.real:
-            targets = by_class.get((class_of(photo), d))
-            if not targets:  # 0/0 fractional recall: excluded and counted (module docstring)
+            targets = by_class.get((class_of(photo), d), [])
+            if not targets:  # kept with no target: scores 0, as in Pic2Word (module docstring)
                 without[d] += 1
-                continue
             queries.append(CIRQuery(id=f"{d}/{photo}", reference=photo, kind="domain", fields={"domain": d},
                                     targets=tuple(targets), group=d, gallery=ALL))
     info = dict(
@@ -278,14 +279,14 @@ def load_benchmark(root, *, domains=DOMAINS, check_files: bool = True) -> CIRBen
         real_photos=len(lists.real),
         targets={d: len(lists.renditions[d]) for d in domains},
         gallery=len(gallery),
-        queries={d: len(lists.real) - without[d] for d in domains},
+        queries={d: len(lists.real) for d in domains},
         queries_without_target=without,
         classes_without_real=list(lists.classes_without_real),
         expected=dict(real_photos=EXPECTED_QUERIES, targets={d: EXPECTED_TARGETS[d] for d in domains},
                       gallery=EXPECTED_GALLERY if domains == DOMAINS else None,
                       source="counted from Pic2Word's data/imgnet/*.txt"),
-        note="queries whose class has no rendition in the domain are excluded (0/0 fractional recall) and counted "
-             "in queries_without_target",
+        note="queries whose class has no rendition in the domain are kept without a target and score 0, as in "
+             "Pic2Word (counted in queries_without_target); metrics named *_with_target leave them out",
     )
     return CIRBenchmark(name="imagenet_r", split="val", protocol="imagenet_r",
                         images={name: root / name for name in gallery}, galleries={ALL: gallery},

@@ -318,7 +318,8 @@ def map_at_k(
 
 
 def recall_fraction_at_k(
-    indices: Tensor, gallery_labels: Tensor, query_labels: Tensor, ks: Iterable[int] = (10, 50)
+    indices: Tensor, gallery_labels: Tensor, query_labels: Tensor, ks: Iterable[int] = (10, 50), *,
+    without_relevant: str = "raise",
 ) -> dict[str, float]:
     """Pic2Word's ImageNet-R "R@K": mean over queries of (#relevant in the top K) / (#relevant in the gallery).
 
@@ -332,10 +333,15 @@ def recall_fraction_at_k(
         gallery_labels: [G] integer label of each gallery item.
         query_labels: [Q] integer label each query is looking for.
         ks: cut-offs, each <= K.
+        without_relevant: what a query whose label no gallery item carries does to the mean (its fraction is 0/0):
+            ``"zero"`` scores it 0 and keeps it in the mean, as Pic2Word's ImageNet-R evaluation does for a photo
+            whose class has no image in the target domain; ``"raise"`` (default) refuses such queries.
 
     Returns:
         ``{"R@10": %, "R@50": %}`` (keys ``R@K``, values in percent).
     """
+    if without_relevant not in ("raise", "zero"):
+        raise ValueError(f"without_relevant must be 'raise' or 'zero', got {without_relevant!r}")
     ks = _check_ranking(indices, ks, "R@K")
     Q = indices.shape[0]
     if not (isinstance(gallery_labels, Tensor) and gallery_labels.dim() == 1):
@@ -349,13 +355,14 @@ def recall_fraction_at_k(
     labels, counts = torch.unique(gallery_labels.long(), return_counts=True)  # sorted
     pos = torch.searchsorted(labels, query_labels).clamp(max=max(len(labels) - 1, 0))
     present = (labels[pos] == query_labels) if len(labels) else torch.zeros(Q, dtype=torch.bool, device=device)
-    if not bool(present.all()):
+    if without_relevant == "raise" and not bool(present.all()):
         bad = (~present).nonzero()[:, 0].tolist()
         raise ValueError(
             f"{len(bad)} query(ies) have no relevant gallery item, e.g. query {bad[0]} (label "
-            f"{int(query_labels[bad[0]])}); the fraction is undefined: fix the labels or drop those queries"
+            f"{int(query_labels[bad[0]])}); the fraction is undefined: fix the labels, drop those queries, or pass "
+            f"without_relevant='zero' to score them 0 (Pic2Word's protocol)"
         )
-    n_rel = counts[pos].float()  # [Q]
+    n_rel = torch.where(present, counts[pos], 1).float()  # [Q]; a query without relevant items has 0 hits below
     hits = (gallery_labels.long()[indices] == query_labels[:, None]).float()  # [Q, K]
     return {f"R@{k}": 100.0 * float((hits[:, :k].sum(1) / n_rel).mean()) for k in ks}
 
