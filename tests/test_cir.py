@@ -246,3 +246,24 @@ def test_retrieve_from_a_folder_and_compare_prints_all_baselines(tmp_path):
     out = cir.compare(None, bench, clip=clip, progress=False)
     assert list(out) == ["image", "text", "sum"] and "R@1" in out["sum"]["metrics"][ALL]
     assert out["text"]["prompts"]["cirr"] == "{caption}"
+
+
+def test_load_benchmark_by_name(tmp_path):
+    with pytest.raises(ValueError, match="Unknown benchmark 'cirrr'"):
+        cir.load_benchmark("cirrr")
+    with pytest.raises(ValueError, match=r"needs --root DIR: fetch it with data_scripts/coco_composition.py download"):
+        cir.load_benchmark("coco")
+    generated = cir.load_benchmark("shapes", split="val", n=6)
+    assert generated.protocol == "shapes" and len(generated.queries) == 6
+    assert [q.fields for q in generated.queries] == [q.fields for q in cir.shapes_benchmark("val", 6).queries]
+
+
+def test_read_image_takes_files_arrays_and_loaders(tmp_path):
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)  # [H, W]
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    from_file = cir.read_image(tmp_path / "g.png")  # [3, 4, 3], the gray value copied into R, G and B
+    assert from_file.shape == (3, 4, 3) and (from_file == gray[:, :, None]).all()
+    assert (cir.read_image(lambda: gray) == from_file).all()  # a benchmark's lazy loader is called first
+    assert cir.read_image(gray, image_size=8).shape == (8, 8, 3)
+    with pytest.raises(FileNotFoundError, match="No image at .*missing.png"):
+        cir.read_image(tmp_path / "missing.png")
