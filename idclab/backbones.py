@@ -7,11 +7,15 @@ What lives here, top-down:
 
 * model names: open_clip names (``ViT-B-32-quickgelu``...), the tiny test config ``idc-tiny`` and the shipped
   toy-world model ``shapes-clip``; :func:`load_clip` refuses unknown names and corrects the QuickGELU trap;
+* what the models read from a loaded CLIP: its sizes (:func:`clip_dims`), the part a parameter belongs to
+  (:func:`clip_part`), and the few modules a method ties to or trains (:func:`token_embedding`,
+  :func:`text_positional_embedding`, :func:`logit_scale`, :func:`image_tower`);
 * text: :func:`tokenize` to a maximum number of words, padded to the model's context (CLIP4IDC's ``max_words=32``);
 * images: :func:`load_image` and :func:`to_pixels` (uint8 HWC arrays, PIL images or files -> normalised tensors),
   with documented conversions for RGBA, grayscale and odd-sized images;
 * the visual tower's token sequence, split into :func:`vit_embed` -> :func:`vit_blocks` -> :func:`vit_project`
-  (CLIP4IDC runs the first blocks per image and the rest on the concatenated pair);
+  (CLIP4IDC runs the first blocks per image and the rest on the concatenated pair), and :func:`vit_block_attention`
+  for the attention maps of one block;
 * text encoding with pseudo-word tokens, :func:`encode_text_with_pseudo_tokens` (Pic2Word): the embedding of a
   placeholder token ``*`` is replaced by given vectors through a forward hook on ``token_embedding``.
 """
@@ -22,6 +26,7 @@ import contextlib
 import difflib
 import functools
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -40,6 +45,14 @@ __all__ = [
     "available_models",
     "resolve_model_name",
     "load_clip",
+    "ClipDims",
+    "clip_dims",
+    "CLIP_PARTS",
+    "clip_part",
+    "token_embedding",
+    "text_positional_embedding",
+    "logit_scale",
+    "image_tower",
     "get_tokenizer",
     "tokenize",
     "token_id",
@@ -50,6 +63,7 @@ __all__ = [
     "vit_embed",
     "vit_blocks",
     "vit_project",
+    "vit_block_attention",
     "image_tokens",
     "encode_text",
     "encode_text_with_pseudo_tokens",
@@ -201,8 +215,114 @@ def shapes_clip_record() -> dict:
 
 def model_config(model: open_clip.CLIP) -> dict:
     """A JSON-able description of the backbone, stored with checkpoints so that a mismatched one is refused later."""
-    return dict(name=getattr(model, "idclab_name", type(model).__name__), embed_dim=int(model.text_projection.shape[1]),
-                image_size=image_size(model), context_length=int(model.context_length))
+    dims = clip_dims(model)
+    return dict(name=getattr(model, "idclab_name", type(model).__name__), embed_dim=dims.embed_dim,
+                image_size=dims.image_size, context_length=dims.context_length)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# What the models read from a loaded CLIP: sizes, named parts, the modules they tie to
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipDims:
+    """The sizes of a loaded CLIP that idclab's models build on; get them with :func:`clip_dims`.
+
+    ViT-B/32 at 224 px: embed_dim 512, vision_width 768, 12 + 12 blocks, 50 tokens per image, context 77, vocabulary
+    49,408. A ResNet image tower (``tower == "resnet"``, e.g. RN50x4) has no token sequence: its ``vision_width``,
+    ``vision_blocks`` and ``tokens_per_image`` are None.
+    """
+
+    tower: str  # "vit" or "resnet"
+    embed_dim: int  # D, the joint image-text space (after visual.proj / text_projection)
+    image_size: int  # S, the side of the square input in pixels
+    vision_width: int | None  # W, the width of the ViT's tokens
+    vision_blocks: int | None  # transformer blocks of the ViT
+    tokens_per_image: int | None  # T = 1 + grid**2: the class token and the patches
+    text_width: int  # the width of the text tower's tokens (= the token table's columns)
+    text_blocks: int  # transformer blocks of the text tower
+    context_length: int  # positions of the text tower
+    vocab_size: int  # rows of the token table (49,408 for CLIP's BPE)
+
+
+def _check_clip(model: torch.nn.Module) -> None:
+    if not isinstance(model, open_clip.CLIP):
+        raise TypeError(
+            f"idclab needs an open_clip CLIP with its text tower inline (OpenAI-style); got {type(model).__name__}. "
+            "Load the backbone with idclab.backbones.load_clip(name) and pick an OpenAI-style architecture "
+            "(ViT-*-quickgelu, RN50*-quickgelu, or a config of TINY_CONFIGS)."
+        )
+
+
+def clip_dims(model: open_clip.CLIP) -> ClipDims:
+    """The sizes of ``model`` (see :class:`ClipDims`); an image tower other than a ViT or a ResNet is refused."""
+    _check_clip(model)
+    visual = model.visual
+    if isinstance(visual, open_clip.transformer.VisionTransformer):
+        tower, width = "vit", int(visual.transformer.width)
+        blocks, tokens = len(visual.transformer.resblocks), int(visual.positional_embedding.shape[0])
+    elif isinstance(visual, open_clip.modified_resnet.ModifiedResNet):
+        tower, width, blocks, tokens = "resnet", None, None, None
+    else:
+        raise TypeError(f"Unknown image tower {type(visual).__name__}: idclab knows open_clip's VisionTransformer and "
+                        "ModifiedResNet.")
+    table = model.token_embedding  # nn.Embedding [vocab, text width]
+    proj = model.text_projection  # [text width, D] (a Linear in some open_clip configs)
+    embed_dim = proj.out_features if isinstance(proj, torch.nn.Linear) else proj.shape[1]
+    return ClipDims(tower=tower, embed_dim=int(embed_dim), image_size=image_size(model), vision_width=width,
+                    vision_blocks=blocks, tokens_per_image=tokens, text_width=int(table.embedding_dim),
+                    text_blocks=len(model.transformer.resblocks), context_length=int(model.context_length),
+                    vocab_size=int(table.num_embeddings))
+
+
+# The parts of a CLIP, as :func:`clip_part` names them. The whole text tower is "token_embedding",
+# "positional_embedding" and "text" (its blocks, ln_final and text_projection) together.
+CLIP_PARTS = ("visual", "token_embedding", "positional_embedding", "text", "logit_scale")
+
+
+def clip_part(name: str) -> str:
+    """The part of a CLIP that a parameter or buffer belongs to, by its name in ``model.named_parameters()``.
+
+    ``"visual.transformer.resblocks.0.attn.in_proj_weight"`` -> ``"visual"``; ``"token_embedding.weight"`` ->
+    ``"token_embedding"``; ``"ln_final.bias"`` -> ``"text"``; ``"logit_scale"`` (and SigLIP's ``logit_bias``) ->
+    ``"logit_scale"``. One of :data:`CLIP_PARTS`; an unknown name is an error (open_clip renamed something).
+    """
+    head = name.split(".")[0]
+    if head == "visual":
+        return "visual"
+    if head in ("token_embedding", "positional_embedding"):
+        return head
+    if head in ("transformer", "ln_final", "text_projection", "attn_mask"):
+        return "text"
+    if head in ("logit_scale", "logit_bias"):
+        return "logit_scale"
+    raise ValueError(f"{name!r} is not a part of an open_clip CLIP that idclab knows ({CLIP_PARTS}); if open_clip "
+                     "renamed it, update idclab.backbones.clip_part (tests/test_backbones.py checks every name).")
+
+
+def token_embedding(model: open_clip.CLIP) -> torch.nn.Embedding:
+    """CLIP's token table, the module itself [vocab, text width] (CLIP4IDC's captioner ties its embeddings to it)."""
+    _check_clip(model)
+    return model.token_embedding
+
+
+def text_positional_embedding(model: open_clip.CLIP) -> torch.nn.Parameter:
+    """The text tower's position table, the Parameter itself: [context_length, text width]."""
+    _check_clip(model)
+    return model.positional_embedding
+
+
+def logit_scale(model: open_clip.CLIP) -> torch.nn.Parameter:
+    """The learned log inverse temperature, the Parameter itself (scalar): similarities are scaled by its ``exp()``."""
+    _check_clip(model)
+    return model.logit_scale
+
+
+def image_tower(model: open_clip.CLIP) -> torch.nn.Module:
+    """The image encoder as a module (ViT or ResNet), e.g. to hash its weights; :func:`clip_part` names it "visual"."""
+    _check_clip(model)
+    return model.visual
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -334,16 +454,23 @@ def _target_pad(a: np.ndarray, ratio: float) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _check_plain_vit(visual: torch.nn.Module) -> None:
+def _vit(model: torch.nn.Module) -> open_clip.transformer.VisionTransformer:
+    """The ViT image tower of a CLIP (a ViT tower itself is accepted too), checked to be a plain OpenAI-style one."""
+    visual = model.visual if isinstance(model, open_clip.CLIP) else model
     if not isinstance(visual, open_clip.transformer.VisionTransformer):
-        raise TypeError(f"This needs a ViT visual tower; {type(visual).__name__} has no token sequence to split.")
+        raise TypeError(f"This needs a ViT image tower; {type(visual).__name__} has no token sequence to split. Use a "
+                        "ViT backbone (e.g. ViT-B-32-quickgelu or shapes-clip).")
     if visual.attn_pool is not None or getattr(visual, "final_ln_after_pool", False) or visual.pool_type != "tok":
         raise TypeError("This needs a ViT pooled by its class token (OpenAI-style CLIP); this tower pools otherwise.")
+    return visual
 
 
-def vit_embed(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """Patchify, prepend the class token, add positions, ``ln_pre``: [B, 3, S, S] -> [B, 1 + grid**2, width]."""
-    _check_plain_vit(visual)
+def vit_embed(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Patchify, prepend the class token, add positions, ``ln_pre``: [B, 3, S, S] -> [B, 1 + grid**2, width].
+
+    ``model``: a CLIP with a ViT image tower (or the tower itself), as for :func:`vit_blocks` and :func:`vit_project`.
+    """
+    visual = _vit(model)
     x = visual.conv1(pixels)  # [B, width, grid, grid]
     x = x.flatten(2).transpose(1, 2)  # [B, grid**2, width]
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, width]
@@ -352,9 +479,9 @@ def vit_embed(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return visual.ln_pre(x)
 
 
-def vit_blocks(visual: torch.nn.Module, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+def vit_blocks(model: torch.nn.Module, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
     """Run transformer blocks ``start:stop`` on a token sequence [B, T, width] (any T: CLIP4IDC runs pairs of 2 images)."""
-    transformer = visual.transformer
+    transformer = _vit(model).transformer
     blocks = transformer.resblocks[start:stop]
     if not transformer.batch_first:
         x = x.transpose(0, 1)  # [T, B, width]
@@ -365,8 +492,41 @@ def vit_blocks(visual: torch.nn.Module, x: torch.Tensor, start: int = 0, stop: i
     return x
 
 
-def vit_project(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def vit_block_attention(model: torch.nn.Module, x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ViT block ``index`` on tokens [B, N, width]; return its output [B, N, width] and its attention weights
+    averaged over heads, [B, N, N] (row q: where token q looks; each row sums to 1).
+
+    The weights are the ones the block itself computes: while it runs, its attention module is asked for them
+    (``need_weights=True, average_attn_weights=True``), so nothing of the block is re-implemented here.
+    """
+    blocks = _vit(model).transformer.resblocks
+    if not 0 <= index < len(blocks):
+        raise IndexError(f"Block {index} does not exist: this ViT has blocks 0 to {len(blocks) - 1}.")
+    attn = blocks[index].attn  # nn.MultiheadAttention
+    seen = []
+
+    def ask_for_weights(module, args, kwargs):
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": True}
+
+    def keep_weights(module, args, kwargs, output):
+        seen.append(output[1])  # [B, N, N]
+
+    handles = [attn.register_forward_pre_hook(ask_for_weights, with_kwargs=True),
+               attn.register_forward_hook(keep_weights, with_kwargs=True)]
+    try:
+        x = vit_blocks(model, x, index, index + 1)  # [B, N, width]
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(seen) != 1 or seen[0] is None:
+        raise RuntimeError("The ViT block did not return its attention weights: open_clip changed how its blocks call "
+                           "nn.MultiheadAttention; update idclab.backbones.vit_block_attention.")
+    return x, seen[0]
+
+
+def vit_project(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``ln_post`` and ``proj`` on every token: [B, T, width] -> [B, T, embed_dim]."""
+    visual = _vit(model)
     x = visual.ln_post(x)
     return x @ visual.proj if visual.proj is not None else x
 
@@ -376,8 +536,7 @@ def image_tokens(model: open_clip.CLIP, pixels: torch.Tensor) -> torch.Tensor:
 
     Token 0 equals ``model.encode_image(pixels)`` (a test checks it).
     """
-    visual = model.visual
-    return vit_project(visual, vit_blocks(visual, vit_embed(visual, pixels)))
+    return vit_project(model, vit_blocks(model, vit_embed(model, pixels)))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

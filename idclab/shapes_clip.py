@@ -11,7 +11,8 @@ retrieves almost perfectly while barely looking at shape or material. So each sc
 that differs in one attribute of one object, each with its own description; only that attribute separates them.
 The model still sees nothing but (image, scene description) pairs.
 
-The shipped weights (``idclab/assets/shapes_clip.pt``) come from ``idclab train clip --profile toy``; the asset
+It follows idclab's lifecycle (``idclab.runs``): :func:`config_for`, :func:`train`, :func:`load`. The shipped
+weights (``idclab/assets/shapes_clip.pt``) come from ``idclab train clip --profile toy``; the asset
 records the command, the retrieval figures on the held-out Shapes test split and the attribute probe (both
 reproduced by ``idclab eval clip --model shapes-clip``).
 """
@@ -26,46 +27,59 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from idclab import backbones
-from idclab.configs import get_profile, save_json
+from idclab import backbones, runs
+from idclab.configs import from_dict, get_profile, pick_device, save_json
 from idclab.data import shapes
 from idclab.data.shapes import STYLES, ShapesCaptions
 from idclab.losses import symmetric_info_nce
 from idclab.metrics.retrieval import recall_at_k, topk_search
-from idclab.train import Trainer, TrainConfig, TrainResult, load_checkpoint
+from idclab.train import Trainer, TrainConfig, TrainResult
 
-__all__ = ["ClipPretrainConfig", "preset", "train_clip", "evaluate_retrieval", "export_shapes_clip"]
+__all__ = ["ClipPretrainConfig", "STAGES", "config_for", "train", "load", "evaluate_retrieval", "export_shapes_clip"]
+
+METHOD = "clip"  # `idclab train clip`
+STAGES = ("pretrain",)
 
 
 @dataclass(frozen=True)
 class ClipPretrainConfig:
+    dataset: str = "shapes"  # scene descriptions of the Shapes world: the only data shapes-clip learns from
+    profile: str = "toy"
     arch: str = "shapes-clip-arch"  # backbones.TINY_CONFIGS entry: ViT 4x128 @ 64 px, patch 8; text 4x128, context 64
     n_train: int = 400_000  # training scenes (generated on the fly; each index is a new scene)
     hard_negatives: bool = True  # pair every scene with a twin differing in one attribute of one object (see below)
     n_val: int = 500  # val gallery for model selection
     n_test: int = 1000  # test gallery for the recorded figures
     seed: int = 0
-    steps: int = 2500
+    max_steps: int = 2500
     batch_size: int = 64  # scenes per batch; with their twins, 128 image-text pairs (~0.75 s/step on 2 CPU cores)
     lr: float = 1e-3  # AdamW, as for small CLIPs trained from scratch
     weight_decay: float = 0.1  # CLIP's; on matrices only (no decay on embeddings, norms, biases, logit scale)
     warmup_steps: int = 200
-    eval_every: int = 500
+    eval_every: int | None = 500
+    ckpt_every: int | None = 500  # steps between resume files
     max_logit_scale: float = 100.0  # CLIP clamps the learnable inverse temperature at 100
+    precision: str = "auto"
+    num_workers: int = 0
 
 
-def preset(profile: str | None = None) -> ClipPretrainConfig:
-    """The pretraining recipe for a profile. There is no paper profile: the paper world uses OpenAI's weights."""
+def config_for(dataset: str = "shapes", profile: str | None = None, **options) -> ClipPretrainConfig:
+    """The pretraining recipe of a profile, with :func:`idclab.runs.apply_options`. There is no paper profile: the
+    paper world starts from OpenAI's weights."""
     profile = get_profile(profile)
+    if dataset != "shapes":
+        raise ValueError(f"shapes-clip learns from Shapes scene descriptions only; dataset must be 'shapes', not "
+                         f"{dataset!r}.")
     if profile == "smoke":
-        return ClipPretrainConfig(arch="idc-micro", n_train=512, n_val=64, n_test=64, steps=6, batch_size=32,
-                                  warmup_steps=2, eval_every=3)
-    if profile == "toy":
-        return ClipPretrainConfig()
-    raise ValueError(
-        "shapes-clip pretraining has no 'paper' profile: the paper world starts from OpenAI's CLIP weights "
-        "(load_clip('ViT-B-32-quickgelu', pretrained='openai')). Use --profile toy or smoke."
-    )
+        cfg = ClipPretrainConfig(profile="smoke", arch="idc-micro", n_train=512, n_val=64, n_test=64, max_steps=6,
+                                 batch_size=32, warmup_steps=2, eval_every=3, ckpt_every=3)
+    elif profile == "toy":
+        cfg = ClipPretrainConfig()
+    else:
+        raise ValueError(
+            f"shapes-clip pretraining has no {profile!r} profile: the paper world starts from OpenAI's CLIP weights "
+            "(load_clip('ViT-B-32-quickgelu', pretrained='openai')). Use --profile toy or smoke.")
+    return runs.apply_options(cfg, **options)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -140,7 +154,7 @@ class CaptionCollate:
 def clip_loss(model, batch, *, max_logit_scale: float = 100.0):
     """CLIP's symmetric InfoNCE with its learnable temperature (clamped at ``max_logit_scale``)."""
     pixels, tokens = batch
-    scale = model.logit_scale.exp().clamp(max=max_logit_scale)
+    scale = backbones.logit_scale(model).exp().clamp(max=max_logit_scale)
     out = symmetric_info_nce(model.encode_image(pixels), model.encode_text(tokens), scale=scale)
     return out.loss, {"i2t": out.ip_t.item(), "t2i": out.t_ip.item(), "scale": scale.item()}
 
@@ -154,7 +168,8 @@ def clip_loss(model, batch, *, max_logit_scale: float = 100.0):
 def encode_captions_dataset(model, data: ShapesCaptions, *, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised image and text features of a caption dataset: ([N, D], [N, D])."""
     device = next(model.parameters()).device
-    collate = CaptionCollate(backbones.image_size(model), model.context_length)
+    dims = backbones.clip_dims(model)
+    collate = CaptionCollate(dims.image_size, dims.context_length)
     img_feats, txt_feats = [], []
     for start in range(0, len(data), batch_size):
         pixels, tokens = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
@@ -200,7 +215,7 @@ def attribute_probe(model, *, n: int = 200, seed: int = 0) -> dict:
             right.append(shapes.describe_scene(scene, np.random.default_rng([seed, i])))
             wrong.append(shapes.describe_scene(twin, np.random.default_rng([seed, i])))
         img = model.encode_image(backbones.to_pixels(np.stack(images), data.size).to(device), normalize=True)
-        ctx = model.context_length
+        ctx = backbones.clip_dims(model).context_length
         t_right = model.encode_text(backbones.tokenize(right, context_length=ctx).to(device), normalize=True)
         t_wrong = model.encode_text(backbones.tokenize(wrong, context_length=ctx).to(device), normalize=True)
         prefers = ((img * t_right).sum(-1) > (img * t_wrong).sum(-1)).double().mean().item()
@@ -213,30 +228,51 @@ def attribute_probe(model, *, n: int = 200, seed: int = 0) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def train_clip(config: ClipPretrainConfig, out_dir: str | Path | None, *, resume: str | None = None,
-               progress: bool = True, on_step=None, device: str | None = None) -> tuple[torch.nn.Module, TrainResult]:
-    """Pretrain a CLIP on Shapes scene descriptions; best checkpoint by val mean recall. Returns (model, result)."""
-    torch.manual_seed(config.seed)
+def train(config: ClipPretrainConfig, out_dir: str | Path, *, stages=None, root=None, init=None,
+          resume: bool = False, overwrite: bool = False, progress: bool = True, on_step=None,
+          device: str | None = None) -> dict[str, TrainResult]:
+    """Pretrain a CLIP on Shapes scene descriptions into ``out_dir/pretrain``; best checkpoint by val mean recall."""
+    stages = runs.check_stages(stages, STAGES)
+    if root is not None or init is not None:
+        raise ValueError("shapes-clip generates its data and starts from random weights: drop --root and --init.")
+    out = Path(out_dir)
+    runs.prepare_run(out, stages, resume=resume, overwrite=overwrite)
+    with runs.run_lock(out):
+        torch.manual_seed(config.seed)
+        model = backbones.load_clip(config.arch)
+        data = PretrainScenes("train", config.n_train, seed=config.seed, size=backbones.image_size(model),
+                              hard_negatives=config.hard_negatives)
+        collate = CaptionCollate(backbones.image_size(model), model.context_length)
+
+        def val_fn(m):
+            r = evaluate_retrieval(m, split="val", n=config.n_val, seed=config.seed)
+            return {k: v for k, v in r.items() if k.startswith(("t2i", "i2t"))} | {"mean_R": _mean_recall(r)}
+
+        train_cfg = TrainConfig(max_steps=config.max_steps, batch_size=config.batch_size, lr=config.lr,
+                                weight_decay=config.weight_decay, betas=(0.9, 0.98), eps=1e-6,
+                                warmup_steps=min(config.warmup_steps, config.max_steps),
+                                eval_every=config.eval_every, ckpt_every=config.ckpt_every, select_metric="mean_R",
+                                seed=config.seed, precision=config.precision, num_workers=config.num_workers,
+                                progress=progress)
+        header = runs.make_header(METHOD, "pretrain", config, backbones.model_config(model))
+        trainer = Trainer(model, lambda m, b: clip_loss(m, b, max_logit_scale=config.max_logit_scale), data,
+                          config=train_cfg, out_dir=out / "pretrain", collate_fn=collate, val_fn=val_fn,
+                          on_step=on_step, header=header, device=device)
+        result = trainer.fit(resume=resume)
+        runs.record_stage(out, method=METHOD, config=config, stage="pretrain", entry=runs.stage_entry(out, result))
+    return {"pretrain": result}
+
+
+def load(run_or_checkpoint: str | Path, *, stage: str | None = None, device: str | torch.device | None = None
+         ) -> torch.nn.Module:
+    """The pretrained CLIP of a run folder or checkpoint (architecture from the header, then its weights)."""
+    path = runs.resolve_checkpoint(run_or_checkpoint, stage, method=METHOD)
+    state = runs.read(path)
+    config = from_dict(ClipPretrainConfig, state["header"]["config"])
     model = backbones.load_clip(config.arch)
-    data = PretrainScenes("train", config.n_train, seed=config.seed, size=backbones.image_size(model),
-                          hard_negatives=config.hard_negatives)
-    collate = CaptionCollate(backbones.image_size(model), model.context_length)
-
-    def val_fn(m):
-        r = evaluate_retrieval(m, split="val", n=config.n_val, seed=config.seed)
-        return {k: v for k, v in r.items() if k.startswith(("t2i", "i2t"))} | {"mean_R": _mean_recall(r)}
-
-    train_cfg = TrainConfig(max_steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                            weight_decay=config.weight_decay, betas=(0.9, 0.98), eps=1e-6,
-                            warmup_steps=config.warmup_steps, eval_every=config.eval_every, ckpt_every=config.eval_every,
-                            select_metric="mean_R", seed=config.seed, progress=progress)
-    trainer = Trainer(model, lambda m, b: clip_loss(m, b, max_logit_scale=config.max_logit_scale), data,
-                      config=train_cfg, out_dir=out_dir, collate_fn=collate, val_fn=val_fn, on_step=on_step,
-                      extra=dict(stage="clip-pretrain", clip=dataclasses.asdict(config)), device=device)
-    result = trainer.fit(resume=resume)
-    if result.best_checkpoint is not None:
-        model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
-    return model.eval(), result
+    model.load_state_dict(state["model"])
+    model.checkpoint_info = dict(path=str(path), selected_on_val=state.get("selection"), config=config)
+    return model.to(pick_device(device)).eval()
 
 
 def _mean_recall(r: dict) -> float:
@@ -252,12 +288,10 @@ def export_shapes_clip(checkpoint: str | Path, out: str | Path = backbones.SHAPE
     exactly at their initial values); the rest load as zeros. The figures are measured on the packed model, as
     users will load it.
     """
-    state = load_checkpoint(checkpoint)
-    config = ClipPretrainConfig(**state["extra"]["clip"])
+    model = load(checkpoint, device="cpu")
+    config = model.checkpoint_info["config"]
     torch.manual_seed(config.seed)
     init = backbones.load_clip(config.arch)  # the same seeded initialisation the run started from
-    model = backbones.load_clip(config.arch)
-    model.load_state_dict(state["model"])
     changed = (model.token_embedding.weight != init.token_embedding.weight).any(dim=1).nonzero().flatten()
     model_cfg = backbones.TINY_CONFIGS[config.arch]
     out = Path(out)

@@ -103,15 +103,15 @@ class CLIPRetriever:
         self.device = pick_device(device) if not isinstance(device, torch.device) else device
         self.clip = clip.to(self.device).eval()
         self.preprocess = preprocess
-        self.image_size = backbones.image_size(clip)
-        self.context_length = int(clip.context_length)
+        dims = backbones.clip_dims(clip)
+        self.image_size, self.context_length = dims.image_size, dims.context_length
         self._image_key: str | None = None
 
     def image_key(self) -> str:
         """A hash of the image tower's weights and the preprocessing: equal keys give equal image features."""
         if self._image_key is None:
             h = hashlib.sha256(f"{self.preprocess}:{self.image_size}".encode())
-            for name, tensor in sorted(self.clip.visual.state_dict().items()):
+            for name, tensor in sorted(backbones.image_tower(self.clip).state_dict().items()):
                 h.update(name.encode())
                 h.update(tensor.detach().float().cpu().numpy().tobytes())
             self._image_key = h.hexdigest()[:20]

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,22 +53,25 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from idclab import backbones
+from idclab import backbones, runs
 from idclab.configs import from_dict, get_profile, pick_device, to_dict
+from idclab.data import clevr_change, image_editing_request, shapes, spot_the_diff
 from idclab.losses import symmetric_info_nce
+from idclab.metrics.captioning import score_captions_by_group
 from idclab.metrics.retrieval import recall_at_k, topk_search
-from idclab.train import TrainConfig, Trainer, TrainResult, load_checkpoint
+from idclab.train import TrainConfig, Trainer, TrainResult
 
 __all__ = [
     "EncoderConfig", "DecoderConfig", "StageConfig", "CLIP4IDCConfig", "config_for", "DATASETS",
     "tokens_per_image", "PairEncoder", "PostLNLayer", "Captioner", "CLIP4IDC",
     "adaptation_loss", "captioning_loss", "caption_tensors", "PairSamples", "PairCollate",
     "param_groups", "trainer_config", "encode_for_retrieval", "retrieval_scores", "evaluate_retrieval",
-    "check_compatible", "load_pairs", "caption_pairs", "evaluate_captions", "train_stage", "train",
-    "resolve_checkpoint", "load_model", "caption", "evaluate",
+    "check_compatible", "load_pairs", "caption_pairs", "evaluate_captions", "STAGES", "train", "load", "caption",
+    "evaluate",
 ]
 
 SOT, EOT = 49406, 49407  # CLIP BPE start / end of text (backbones.get_tokenizer)
+METHOD = "clip4idc"
 STAGES = ("adapt", "caption")
 DATASETS = ("clevr", "spot", "ier", "shapes")
 # §4.4: always requires_grad=False (names inside open_clip's CLIP); logit_scale too, as tau is fixed (pitfall 12).
@@ -195,6 +197,7 @@ class StageConfig:
     freeze_clip: bool = False  # ablation: train only the new parts (pair parameters, captioner); CLIP stays as loaded
     eval_every: int | None = None  # steps between validations (None: at the end only); the best one is kept
     eval_pairs: int | None = None  # validate on the first N val pairs (None: all)
+    ckpt_every: int | None = None  # steps between resume files (None: at each validation, the end, on interrupt)
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -219,6 +222,9 @@ class CLIP4IDCConfig:
     # Shapes world only: generated pairs per split (train, val, test); default = CLEVR-Change's scenes per split
     # (§7.1, derived from its pair counts). Real datasets have their own sizes.
     shapes_pairs: tuple[int, int, int] = (33_830, 1_988, 3_985)
+    precision: str = "auto"  # §3: the reference trains in fp16; here AMP (bf16 / fp16 autocast, fp32 master weights)
+    ckpt_minutes: float | None = 10.0  # resume file every 10 minutes of training (a Colab disconnect loses less)
+    num_workers: int = 0  # DataLoader workers decoding images (set it on a GPU machine)
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -232,12 +238,21 @@ class CLIP4IDCConfig:
         return dataclasses.replace(from_dict(cls, data), **nested)
 
 
-def config_for(dataset: str, profile: str | None = None) -> CLIP4IDCConfig:
+def config_for(dataset: str, profile: str | None = None, *, freeze_clip: bool | None = None,
+               **options) -> CLIP4IDCConfig:
     """Preset configs: ``paper`` for ``clevr`` / ``spot`` / ``ier`` / ``shapes``; ``toy`` and ``smoke`` for ``shapes``.
 
-    ``profile`` None reads ``$IDCLAB_PROFILE`` (default ``toy``).
+    ``profile`` None reads ``$IDCLAB_PROFILE`` (default ``toy``). ``options``: the common ones of
+    :func:`idclab.runs.apply_options` (``adapt_steps``, ``caption_steps`` for one stage); ``freeze_clip=True``: the
+    ablation that keeps CLIP frozen while captioning.
     """
-    profile = get_profile(profile)
+    cfg = runs.apply_options(_preset(dataset, get_profile(profile)), STAGES, **options)
+    if freeze_clip is not None:
+        cfg = dataclasses.replace(cfg, caption=dataclasses.replace(cfg.caption, freeze_clip=freeze_clip))
+    return cfg
+
+
+def _preset(dataset: str, profile: str) -> CLIP4IDCConfig:
     if dataset not in DATASETS:
         raise ValueError(f"Unknown dataset {dataset!r}; choose one of {DATASETS}.")
     if profile != "paper" and dataset != "shapes":
@@ -276,7 +291,7 @@ def config_for(dataset: str, profile: str | None = None) -> CLIP4IDCConfig:
             adapt=StageConfig(lr=1e-3, clip_lr=5e-4, batch_size=32, max_steps=800, repeats=5, eval_every=200),
             caption=dataclasses.replace(_CAPTION_PAPER, lr=1e-3, clip_lr=1e-4, pair_lr=1e-4, batch_size=16,
                                         max_steps=2000, repeats=5, seed=0, eval_every=250),
-            shapes_pairs=(4000, 100, 500))
+            shapes_pairs=(4000, 100, 500), ckpt_minutes=None)
     # smoke: idc-micro (random weights, ViT 2 blocks, width 32, 32 px, patch 8 -> T = 17; embed = text width = 32).
     return CLIP4IDCConfig(
         dataset="shapes", profile="smoke",
@@ -284,7 +299,7 @@ def config_for(dataset: str, profile: str | None = None) -> CLIP4IDCConfig:
         decoder=DecoderConfig(layers=2, width=32, heads=2, ffn=64),
         adapt=StageConfig(lr=1e-3, clip_lr=1e-4, batch_size=8, max_steps=4),
         caption=dataclasses.replace(_CAPTION_PAPER, lr=1e-3, clip_lr=1e-4, pair_lr=1e-4, batch_size=8, max_steps=4),
-        shapes_pairs=(32, 8, 8))
+        shapes_pairs=(32, 8, 8), ckpt_minutes=None)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -294,7 +309,7 @@ def config_for(dataset: str, profile: str | None = None) -> CLIP4IDCConfig:
 
 def tokens_per_image(clip: nn.Module) -> int:
     """T = 1 + grid**2 tokens per image (ViT-B/32 at 224: 50; B/16: 197). The class tokens of a pair sit at 0 and T."""
-    return int(clip.visual.positional_embedding.shape[0])
+    return backbones.clip_dims(clip).tokens_per_image
 
 
 class PairEncoder(nn.Module):
@@ -306,14 +321,18 @@ class PairEncoder(nn.Module):
 
     def __init__(self, clip: nn.Module, *, intra_layers: int):
         super().__init__()
-        n_blocks = len(clip.visual.transformer.resblocks)
+        dims = backbones.clip_dims(clip)
+        if dims.tower != "vit":
+            raise TypeError(f"CLIP4IDC's pair encoder splits a ViT's token sequence; this backbone's image tower is a "
+                            f"{dims.tower}. Use a ViT backbone (e.g. ViT-B-32-quickgelu or shapes-clip).")
+        n_blocks = dims.vision_blocks
         if not 0 <= intra_layers <= n_blocks:
             raise ValueError(f"intra_layers={intra_layers} must lie in [0, {n_blocks}] for this ViT of {n_blocks} "
                              f"blocks (the reference: 9 of 12).")
-        width = clip.visual.class_embedding.shape[-1]
+        width = dims.vision_width
         self.clip = clip
         self.intra_layers = intra_layers
-        self.n_tokens = tokens_per_image(clip)  # T
+        self.n_tokens = dims.tokens_per_image  # T
         scale = width ** -0.5  # §2.2: the reference's init, width^-0.5 * randn
         self.bef_embedding = nn.Parameter(scale * torch.randn(width))  # [W]
         self.aft_embedding = nn.Parameter(scale * torch.randn(width))  # [W]
@@ -323,8 +342,8 @@ class PairEncoder(nn.Module):
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Pixels [B, 3, S, S] each -> all projected tokens of the pair [B, 2T, D] (before's first)."""
         x = self._joint_input(before, after)  # [B, 2T, W]
-        x = backbones.vit_blocks(self.clip.visual, x, self.intra_layers, None)  # [B, 2T, W] inter: the pair
-        return backbones.vit_project(self.clip.visual, x)  # [B, 2T, D]
+        x = backbones.vit_blocks(self.clip, x, self.intra_layers, None)  # [B, 2T, W] inter: the pair
+        return backbones.vit_project(self.clip, x)  # [B, 2T, D]
 
     @torch.no_grad()
     def joint_attention(self, before: torch.Tensor, after: torch.Tensor) -> list[torch.Tensor]:
@@ -334,14 +353,9 @@ class PairEncoder(nn.Module):
         """
         x = self._joint_input(before, after)  # [B, 2T, W]
         maps = []
-        blocks = self.clip.visual.transformer.resblocks
-        for start in range(self.intra_layers, len(blocks)):
-            block = blocks[start]
-            h = block.ln_1(x)
-            if not getattr(block.attn, "batch_first", False):
-                h = h.transpose(0, 1)
-            maps.append(block.attn(h, h, h, need_weights=True, average_attn_weights=True)[1])  # [B, 2T, 2T]
-            x = backbones.vit_blocks(self.clip.visual, x, start, start + 1)
+        for index in range(self.intra_layers, backbones.clip_dims(self.clip).vision_blocks):
+            x, weights = backbones.vit_block_attention(self.clip, x, index)  # [B, 2T, W], [B, 2T, 2T]
+            maps.append(weights)
         return maps
 
     def _joint_input(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -350,9 +364,9 @@ class PairEncoder(nn.Module):
         if before.shape != after.shape or before.ndim != 4 or before.shape[1:] != (3, size, size):
             raise ValueError(f"before and after must both be pixels [B, 3, {size}, {size}]; got {tuple(before.shape)} "
                              f"and {tuple(after.shape)}. Convert images with backbones.to_pixels(images, {size}).")
-        visual, B = self.clip.visual, before.shape[0]
-        x = backbones.vit_embed(visual, torch.cat([before, after]))  # [2B, T, W]
-        x = backbones.vit_blocks(visual, x, 0, self.intra_layers)  # [2B, T, W] intra: each image alone
+        B = before.shape[0]
+        x = backbones.vit_embed(self.clip, torch.cat([before, after]))  # [2B, T, W]
+        x = backbones.vit_blocks(self.clip, x, 0, self.intra_layers)  # [2B, T, W] intra: each image alone
         T, W = x.shape[1:]
         x = x.view(2, B, T, W).transpose(0, 1)  # [B, 2, T, W]
         x = x + torch.stack([self.bef_embedding, self.aft_embedding])[None, :, None, :]  # [B, 2, T, W]
@@ -514,13 +528,15 @@ class CLIP4IDC(nn.Module):
         self.encoder = PairEncoder(clip, intra_layers=enc.intra_layers)
         self.captioner = None
         if stage == "caption":
-            embed_dim = int(clip.text_projection.shape[1])
-            if clip.token_embedding.weight.shape[1] != embed_dim:
+            dims = backbones.clip_dims(clip)
+            embed_dim = dims.embed_dim
+            if dims.text_width != embed_dim:
                 raise ValueError(
-                    f"This backbone's text width ({clip.token_embedding.weight.shape[1]}) differs from its embed dim "
+                    f"This backbone's text width ({dims.text_width}) differs from its embed dim "
                     f"({embed_dim}): the captioner reads {embed_dim}-d visual tokens with embeddings tied to the "
                     "token table, as in the reference (512 = 512 for ViT-B/32). Use a CLIP whose two widths match.")
-            self.captioner = Captioner(cfg.decoder, clip.token_embedding, clip.positional_embedding)
+            self.captioner = Captioner(cfg.decoder, backbones.token_embedding(clip),
+                                       backbones.text_positional_embedding(clip))
         frozen = tuple(enc.frozen) + (TEXT_TOWER if stage == "caption" else ())
         if getattr(cfg, stage).freeze_clip:
             frozen = tuple(name for name, _ in clip.named_parameters())
@@ -539,7 +555,7 @@ class CLIP4IDC(nn.Module):
     def temperature(self) -> float:
         """tau of the adaptation loss: the config's, or (None) the backbone's frozen ``1 / logit_scale.exp()``."""
         tau = self.cfg.encoder.temperature
-        return float(1.0 / self.clip.logit_scale.exp()) if tau is None else tau
+        return float(1.0 / backbones.logit_scale(self.clip).exp()) if tau is None else tau
 
     def encode_pair(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Pair vectors v: pixels [B, 3, S, S] x 2 -> [B, D] (not normalised)."""
@@ -555,9 +571,10 @@ class CLIP4IDC(nn.Module):
 
     def collate(self) -> PairCollate:
         """The collate function that turns :class:`PairSamples` items into this model's batches."""
-        return PairCollate(stage=self.stage, image_size=backbones.image_size(self.clip),
-                           context_length=int(self.clip.context_length), max_words=self.cfg.encoder.max_words,
-                           max_tokens=self.cfg.decoder.max_tokens, ignore_index=self.cfg.decoder.ignore_index)
+        dims = backbones.clip_dims(self.clip)
+        return PairCollate(stage=self.stage, image_size=dims.image_size, context_length=dims.context_length,
+                           max_words=self.cfg.encoder.max_words, max_tokens=self.cfg.decoder.max_tokens,
+                           ignore_index=self.cfg.decoder.ignore_index)
 
     # -- decoding ------------------------------------------------------------------------------------------------------
 
@@ -804,7 +821,8 @@ def trainer_config(stage: StageConfig, n_samples: int, **overrides) -> TrainConf
     steps_per_epoch = n_samples // stage.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{n_samples} samples do not fill one batch of {stage.batch_size}; lower batch_size.")
-    max_steps = overrides.pop("max_steps", stage.max_steps or stage.epochs * steps_per_epoch)
+    default = stage.epochs * steps_per_epoch if stage.max_steps is None else stage.max_steps
+    max_steps = overrides.pop("max_steps", default)
     settings = dict(max_steps=max_steps, batch_size=stage.batch_size, lr=stage.lr, weight_decay=stage.weight_decay,
                     betas=stage.betas, eps=stage.eps, warmup_steps=round(stage.warmup * max_steps),
                     schedule=stage.schedule, max_grad_norm=stage.max_grad_norm, seed=stage.seed)
@@ -821,7 +839,7 @@ def encode_for_retrieval(model: CLIP4IDC, pairs: Dataset, *, batch_size: int = 6
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (pair vectors [P, D], caption vectors [C, D], pair index of each caption [C]), normalised."""
     device = next(model.parameters()).device
-    size, ctx = backbones.image_size(model.clip), int(model.clip.context_length)
+    size, ctx = backbones.image_size(model.clip), backbones.clip_dims(model.clip).context_length
     pair_feats, text_feats, text_pair = [], [], []
     with _eval_mode(model):
         for start in range(0, len(pairs), batch_size):
@@ -905,8 +923,6 @@ def load_pairs(cfg: CLIP4IDCConfig, split: str, *, root: str | Path | None = Non
     ``shapes`` generates ``cfg.shapes_pairs`` pairs per split (no files); ``clevr`` / ``spot`` / ``ier`` read ``root``,
     the folder their ``data_scripts/`` wrote (a Shapes export in CLEVR-Change's layout reads as ``clevr``).
     """
-    from idclab.data import clevr_change, image_editing_request, shapes, spot_the_diff
-
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}.")
     if cfg.dataset == "shapes":
@@ -950,8 +966,6 @@ def evaluate_captions(model: CLIP4IDC, pairs: Dataset, *, beam: int = 1, limit: 
                       batch_size: int = 32, progress: bool = False) -> dict[str, dict[str, float]]:
     """Caption metrics x 100 (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), overall and per change type (each type scored as
     its own corpus, see ``score_captions_by_group``). Empty captions score 0 (documented, not an error)."""
-    from idclab.metrics.captioning import score_captions_by_group
-
     if not hasattr(pairs, "references"):
         raise TypeError(f"{type(pairs).__name__} has no references(); evaluate a dataset from load_pairs().")
     res = caption_pairs(model, pairs, beam=beam, limit=limit, batch_size=batch_size, progress=progress)
@@ -964,30 +978,46 @@ def evaluate_captions(model: CLIP4IDC, pairs: Dataset, *, beam: int = 1, limit: 
     return {g: {m: 100 * v for m, v in s.items()} for g, s in scores.items()}  # CIDEr 0-10 -> papers' 0-1000
 
 
-def train_stage(cfg: CLIP4IDCConfig, stage: str, out_dir: str | Path | None, *, root: str | Path | None = None,
-                init: str | Path | None = None, resume: str | Path | None = None, progress: bool = True,
-                device: str | None = None, on_step=None) -> tuple[CLIP4IDC, TrainResult]:
-    """Train one stage; keep the checkpoint that is best on **val** (T->IP R@1 / CIDEr; pitfall 2). -> (model, result)
+def train(cfg: CLIP4IDCConfig, out_dir: str | Path, *, stages=None, root: str | Path | None = None,
+          init: str | Path | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          device: str | None = None, on_step=None) -> dict[str, TrainResult]:
+    """Run the stages in order into ``out_dir/adapt`` and ``out_dir/caption``. Captioning starts from the adaptation
+    stage's selected checkpoint: this run's, else ``init`` (a stage-1 checkpoint or run), else the one recorded in
+    ``out_dir``, else the plain CLIP (the ablation "without adaptation"). Returns ``{stage: TrainResult}``."""
+    stages = runs.check_stages(stages, STAGES)
+    if init is not None and "adapt" in stages:
+        raise ValueError("init (a stage-1 checkpoint) only applies when training the caption stage alone "
+                         "(--stage caption).")
+    out = Path(out_dir)
+    runs.prepare_run(out, stages, resume=resume, overwrite=overwrite)
+    if cfg.dataset != "shapes":
+        load_pairs(cfg, "train", root=root)  # check the data before building a model or downloading weights
+    adapted = None if init is None else runs.resolve_checkpoint(init, "adapt", method=METHOD)
+    if adapted is None and "adapt" not in stages and "adapt" in ((runs.read_run(out) or {}).get("stages") or {}):
+        adapted = runs.resolve_checkpoint(out, "adapt")
+    results: dict[str, TrainResult] = {}
+    with runs.run_lock(out):
+        for stage in stages:
+            results[stage] = _train_stage(cfg, stage, out, root=root, init=adapted if stage == "caption" else None,
+                                          resume=resume, progress=progress, device=device, on_step=on_step)
+            if stage == "adapt":
+                adapted = results[stage].selected
+    return results
 
-    ``init``: for ``"caption"``, a stage-1 checkpoint (file or run folder) to start from; None trains the captioner
-    on the loaded CLIP as it is (the ablation "without adaptation").
-    """
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}.")
-    if init is not None and stage != "caption":
-        raise ValueError("init (a stage-1 checkpoint) only applies to the 'caption' stage.")
+
+def _train_stage(cfg: CLIP4IDCConfig, stage: str, out: Path, *, root, init: Path | None, resume: bool,
+                 progress: bool, device, on_step) -> TrainResult:
+    """One stage into ``out/stage``; the checkpoint that is best on **val** (T->IP R@1 / CIDEr) is selected."""
     st = getattr(cfg, stage)
     torch.manual_seed(st.seed)  # the new parameters' initialisation
     model = CLIP4IDC(cfg, stage=stage)
-    init_path = None
     if init is not None:
-        init_path = resolve_checkpoint(init, stages=("adapt",))
-        state = load_checkpoint(init_path)
-        model.load_adapted(state["model"], saved_config=state.get("extra", {}).get("model"))
+        state = runs.read(init)
+        model.load_adapted(state["model"], saved_config=state["header"]["architecture"])
     size = backbones.image_size(model.clip)
-    train, val = (load_pairs(cfg, s, root=root, image_size=size) for s in ("train", "val"))
+    train_pairs, val = (load_pairs(cfg, s, root=root, image_size=size) for s in ("train", "val"))
     if stage == "caption" and cfg.decoder.bias_init == "unigram":
-        model.captioner.init_bias_from([c for refs in train.references()[0].values() for c in refs])
+        model.captioner.init_bias_from([c for refs in train_pairs.references()[0].values() for c in refs])
     if stage == "adapt":
         select = "t_ip_R@1"
         val_pairs = val if st.eval_pairs is None else Subset(val, range(min(st.eval_pairs, len(val))))
@@ -999,78 +1029,33 @@ def train_stage(cfg: CLIP4IDCConfig, stage: str, out_dir: str | Path | None, *, 
 
         def val_fn(m):
             return evaluate_captions(m, val, limit=st.eval_pairs)["overall"]
-    samples = PairSamples.for_stage(train, st)
-    tcfg = trainer_config(st, len(samples), eval_every=st.eval_every, ckpt_every=st.eval_every,
+    samples = PairSamples.for_stage(train_pairs, st)
+    tcfg = trainer_config(st, len(samples), eval_every=st.eval_every, ckpt_every=st.ckpt_every or st.eval_every,
+                          ckpt_minutes=cfg.ckpt_minutes, precision=cfg.precision, num_workers=cfg.num_workers,
                           select_metric=select, progress=progress)
-    extra = dict(model=model.model_config(), config=cfg.to_dict(), stage=stage,
-                 init=None if init_path is None else str(init_path))
-    trainer = Trainer(model, CLIP4IDC.loss, samples, config=tcfg, out_dir=out_dir, collate_fn=model.collate(),
-                      val_fn=val_fn, param_groups=param_groups(model, st), extra=extra, on_step=on_step, device=device)
+    header = runs.make_header(METHOD, stage, cfg, model.model_config())
+    trainer = Trainer(model, CLIP4IDC.loss, samples, config=tcfg, out_dir=out / stage, collate_fn=model.collate(),
+                      val_fn=val_fn, param_groups=param_groups(model, st), header=header, on_step=on_step,
+                      device=device)
     result = trainer.fit(resume=resume)
-    if result.best_checkpoint is not None:
-        model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
-    return model.eval(), result
+    entry = runs.stage_entry(out, result, init=None if init is None else runs.relative(init, out))
+    runs.record_stage(out, method=METHOD, config=cfg, stage=stage, entry=entry)
+    return result
 
 
-def train(cfg: CLIP4IDCConfig, out_dir: str | Path, *, stages: Sequence[str] = STAGES, root: str | Path | None = None,
-          init: str | Path | None = None, resume: bool = False, progress: bool = True,
-          device: str | None = None) -> dict[str, TrainResult]:
-    """Run the stages in order into ``out_dir/adapt`` and ``out_dir/caption``; captioning starts from the adaptation
-    run's best checkpoint when both run (else from ``init``, or from the plain CLIP)."""
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown or not stages:
-        raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {list(stages)}.")
-    out, results = Path(out_dir), {}
-    for stage in (s for s in STAGES if s in stages):
-        if stage == "caption" and "adapt" in results:
-            init = results["adapt"].best_checkpoint or results["adapt"].last_checkpoint
-        resume_at = "auto" if resume else None
-        _, results[stage] = train_stage(cfg, stage, out / stage, root=root, init=init if stage == "caption" else None,
-                                        resume=resume_at, progress=progress, device=device)
-    return results
-
-
-def resolve_checkpoint(path: str | Path, *, stages: Sequence[str] = STAGES) -> Path:
-    """A checkpoint file, or a run folder -> the best (else last) checkpoint of its latest stage among ``stages``.
-
-    A run folder of :func:`train` holds ``adapt/`` and ``caption/``; one of :func:`train_stage` holds the files
-    itself. The stage of a folder is read from the ``config.json`` the Trainer writes beside its checkpoints.
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    for folder in (path / "caption", path / "adapt", path):
-        if _stage_of(folder) in stages:
-            for name in ("best.pt", "last.pt"):
-                if (folder / name).is_file():
-                    return folder / name
-    raise FileNotFoundError(f"No CLIP4IDC {'/'.join(stages)} checkpoint at {path} (a file, or a run folder with "
-                            "caption/ or adapt/ holding best.pt or last.pt). Train one with `idclab train clip4idc "
-                            "--profile toy --out DIR`.")
-
-
-def _stage_of(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "config.json").read_text())["extra"]["stage"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def load_model(checkpoint: str | Path, *, device: str | torch.device | None = None) -> CLIP4IDC:
-    """Rebuild a trained CLIP4IDC from a checkpoint file or run folder (config and weights are in the file)."""
-    path = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(path)
-    extra = state.get("extra") or {}
-    if (extra.get("model") or {}).get("model") != "CLIP4IDC" or "config" not in extra:
-        what = (extra.get("model") or {}).get("model") or extra.get("stage") or "another model"
-        raise ValueError(f"{path} is not a CLIP4IDC checkpoint (it holds {what!r}); pass one written by "
-                         "`idclab train clip4idc`.")
-    cfg = CLIP4IDCConfig.from_dict(extra["config"])
+def load(run_or_checkpoint: str | Path, *, stage: str | None = None,
+         device: str | torch.device | None = None) -> CLIP4IDC:
+    """A trained CLIP4IDC from a checkpoint or run folder (default stage: the run's last). The architecture is built
+    without downloading weights, then every weight comes from the checkpoint."""
+    path = runs.resolve_checkpoint(run_or_checkpoint, stage, method=METHOD)
+    state = runs.read(path)
+    header = state["header"]
+    cfg = CLIP4IDCConfig.from_dict(header["config"])
     clip = backbones.load_clip(cfg.encoder.backbone)  # the architecture; every weight comes from the checkpoint
-    model = CLIP4IDC(cfg, stage=extra["stage"], clip=clip)
-    check_compatible(extra["model"], model.model_config())
+    model = CLIP4IDC(cfg, stage=header["stage"], clip=clip)
+    check_compatible(header["architecture"], model.model_config())
     model.load_state_dict(state["model"])
-    model.checkpoint_info = dict(path=str(path), stage=extra["stage"], selected_on_val=state["result"]["best"])
+    model.checkpoint_info = dict(path=str(path), stage=header["stage"], selected_on_val=state.get("selection"))
     return model.to(device or pick_device()).eval()
 
 
@@ -1081,7 +1066,11 @@ def caption(before, after, checkpoint: str | Path | CLIP4IDC, *, beam: int = 1) 
     crop, as in training (§2.1); images of different sizes are accepted with a warning, since both are squashed.
     ``checkpoint``: a file, a run folder of ``idclab train clip4idc`` (its captioning stage) or a loaded model.
     """
-    model = checkpoint if isinstance(checkpoint, CLIP4IDC) else load_model(checkpoint)
+    model = checkpoint if isinstance(checkpoint, CLIP4IDC) else load(checkpoint, stage=_caption_stage(checkpoint))
+    if model.captioner is None:
+        raise ValueError(f"{model.checkpoint_info['path']} is an adaptation (stage 1) checkpoint, which cannot "
+                         "caption; pass the caption stage's (RUN/caption/best.pt) or the run folder.")
+    _check_beam(beam)
     a, b = backbones.load_image(before), backbones.load_image(after)
     if a.shape != b.shape:
         warnings.warn(f"before is {a.shape[1]}x{a.shape[0]} and after is {b.shape[1]}x{b.shape[0]} pixels: both are "
@@ -1092,20 +1081,33 @@ def caption(before, after, checkpoint: str | Path | CLIP4IDC, *, beam: int = 1) 
     return model.generate(*pixels, beam=beam)[0]
 
 
+def _caption_stage(path: str | Path) -> str | None:
+    """A run folder is captioned with its caption stage; a file is what it is."""
+    return "caption" if Path(path).is_dir() else None
+
+
+def _check_beam(beam: int) -> None:
+    if not isinstance(beam, int) or beam < 1:
+        raise ValueError(f"--beam must be an integer >= 1 (1: greedy decoding), got {beam!r}.")
+
+
 def evaluate(checkpoint: str | Path, *, split: str = "test", root: str | Path | None = None, beam: int = 1,
              limit: int | None = None, progress: bool = True) -> dict:
     """What ``idclab eval clip4idc`` prints: caption metrics (x 100, overall and per change type) of the captioning
     checkpoint and T->IP / IP->T R@1/5/10 of the adaptation checkpoint, whichever ``checkpoint`` holds."""
+    _check_beam(beam)
+    if limit is not None and limit < 1:
+        raise ValueError(f"--n must be >= 1 (pairs to evaluate), got {limit}.")
     path = Path(checkpoint)
-    ckpts = [path] if path.is_file() else []
-    for stage in STAGES if path.is_dir() else ():
-        with contextlib.suppress(FileNotFoundError):
-            ckpts.append(resolve_checkpoint(path, stages=(stage,)))
-    if not ckpts:
-        resolve_checkpoint(path)  # raises the error that names the train command
+    if path.is_dir():
+        recorded = (runs.read_run(path) or {}).get("stages") or {}
+        ckpts = [runs.resolve_checkpoint(path, s, method=METHOD) for s in STAGES if s in recorded]
+        ckpts = ckpts or [runs.resolve_checkpoint(path, method=METHOD)]
+    else:
+        ckpts = [runs.resolve_checkpoint(path, method=METHOD)]
     report: dict = dict(split=split)
     for ckpt in ckpts:
-        model = load_model(ckpt)
+        model = load(ckpt)
         stage = model.stage
         pairs = load_pairs(model.cfg, split, root=root, image_size=backbones.image_size(model.clip))
         report.update(dataset=model.cfg.dataset, profile=model.cfg.profile)

@@ -9,7 +9,8 @@ reference notes, ``combiner.md``.
 The method in two stages:
 
 1. **Task-oriented fine-tuning** (stage 1, §4). The query is the element-wise sum of the reference image's and the
-   modification text's CLIP features, L2-normalised: q = norm(psi_I(ref) + psi_T(text)); the target is
+   modification text's raw CLIP features, L2-normalised: q = norm(psi_I(ref) + psi_T(text)) (:func:`sum_query`;
+   the zero-shot "image + text" baseline of the harness normalises each feature first); the target is
    norm(psi_I(target)). The batch-based classification loss (each query picks its target among the batch's targets,
    scale 100, one direction) fine-tunes CLIP's text encoder (CVPRW) or both encoders (journal). CLIP stays in eval
    mode throughout.
@@ -33,6 +34,7 @@ helpers (similarity gap, lambda).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -44,20 +46,25 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from idclab import backbones, cir
+from idclab import backbones, cir, runs
 from idclab.configs import from_dict, get_profile, pick_device, to_dict
+from idclab.data.cirr import CIRRTriplets
+from idclab.data.fashioniq import FashionIQTriplets
+from idclab.data.shapes import ShapesTriplets, render
 from idclab.losses import batch_classification_loss
-from idclab.train import TrainConfig, Trainer, TrainResult, load_checkpoint
+from idclab.train import TrainConfig, Trainer, TrainResult
 
 __all__ = [
-    "DATASETS", "ENCODERS", "PROMPTS", "StageConfig", "CombinerConfig", "config_for", "Combiner", "FineTuner",
-    "caption_variants", "TripletSource", "load_triplets", "finetune", "train_combiner", "train",
-    "CombinerRetriever", "load_finetuned_clip", "load_combiner", "load_retriever", "similarity_gap", "lambdas",
+    "DATASETS", "ENCODERS", "STAGES", "PROMPTS", "CombinerStage", "CombinerConfig", "config_for", "Combiner",
+    "FineTuner", "CombinerModel", "sum_query", "caption_variants", "TripletSource", "load_triplets", "train", "load",
+    "SumRetriever", "CombinerRetriever", "load_retriever", "similarity_gap", "lambdas",
 ]
 
 DATASETS = ("shapes", "fashioniq", "cirr")
 ENCODERS = ("text", "image", "both")  # §4 --encoder: what stage 1 fine-tunes
 STAGES = ("finetune", "combiner")
+METHOD = "combiner"
+SUM_INPUTS = ("raw", "normalized")  # stage-1 query: norm(i + t) (the reference) or norm(norm(i) + norm(t))
 SCALE = 100.0  # §3: fixed logit scale in both stages (CLIP's learned one is not used)
 # The text each query kind gives the Combiner and the stage-1 sum (§4: FashionIQ "c1 and c2" at evaluation;
 # CIRR and Shapes the caption). BPE lower-cases, so the reference's capitalisation changes nothing.
@@ -69,7 +76,7 @@ PROMPTS = {"cirr": "{caption}", "fashioniq": "{cap1} and {cap2}", "domain": "{ca
 
 
 @dataclass(frozen=True)
-class StageConfig:
+class CombinerStage:
     """One stage. Defaults: stage 1 (fine-tuning) of the README's recipe (§4)."""
 
     lr: float = 2e-6  # §4 README / code default
@@ -82,9 +89,10 @@ class StageConfig:
     eval_every: int | None = None  # steps between validations; None: every epoch (the reference), or only at the
     #                                end when max_steps is set
     eval_queries: int | None = None  # validate on the first N val queries (None: all)
+    ckpt_every: int | None = None  # steps between resume files (None: at the end, on interrupt, every ckpt_minutes)
 
 
-_STAGE2 = StageConfig(lr=2e-5, weight_decay=0.0, eps=1e-8, batch_size=4096, epochs=300)  # §5: Adam, no decay
+_STAGE2 = CombinerStage(lr=2e-5, weight_decay=0.0, eps=1e-8, batch_size=4096, epochs=300)  # §5: Adam, no decay
 
 
 @dataclass(frozen=True)
@@ -98,9 +106,12 @@ class CombinerConfig:
     proj_dim: int = 2560  # §3 (CLI default, absolute, = 4 x 640)
     hidden_dim: int = 5120  # §3 (= 8 x 640)
     dropout: float = 0.5  # §3: five dropout sites, all 0.5
-    finetune: StageConfig = field(default_factory=StageConfig)  # stage 1
-    combiner: StageConfig = field(default_factory=lambda: _STAGE2)  # stage 2
+    sum_inputs: str = "raw"  # §4: the stage-1 query adds raw features, then normalises; "normalized" adds unit ones
+    finetune: CombinerStage = field(default_factory=CombinerStage)  # stage 1
+    combiner: CombinerStage = field(default_factory=lambda: _STAGE2)  # stage 2
     precision: str = "auto"  # §4, §5: AMP (autocast; fp32 master weights)
+    ckpt_minutes: float | None = 10.0  # resume file every 10 minutes of training (a Colab disconnect loses less)
+    num_workers: int = 0
     shapes_triplets: tuple[int, int] = (0, 0)  # dataset "shapes": generated (train, val) triplets
     seed: int = 0
 
@@ -109,6 +120,8 @@ class CombinerConfig:
             raise ValueError(f"CombinerConfig.dataset={self.dataset!r}; choose one of {DATASETS}.")
         if self.encoder not in ENCODERS:
             raise ValueError(f"CombinerConfig.encoder={self.encoder!r}; choose one of {ENCODERS}.")
+        if self.sum_inputs not in SUM_INPUTS:
+            raise ValueError(f"CombinerConfig.sum_inputs={self.sum_inputs!r}; choose one of {SUM_INPUTS}.")
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -116,15 +129,20 @@ class CombinerConfig:
     @classmethod
     def from_dict(cls, data: dict) -> CombinerConfig:
         data = dict(data)
-        nested = {k: from_dict(StageConfig, data.pop(k)) for k in ("finetune", "combiner") if k in data}
+        nested = {k: from_dict(CombinerStage, data.pop(k)) for k in STAGES if k in data}
         nested = {k: dataclasses.replace(v, betas=tuple(v.betas)) for k, v in nested.items()}
         cfg = from_dict(cls, data)
         return dataclasses.replace(cfg, shapes_triplets=tuple(cfg.shapes_triplets), **nested)
 
 
-def config_for(dataset: str, profile: str | None = None, *, encoder: str | None = None) -> CombinerConfig:
+def config_for(dataset: str, profile: str | None = None, *, encoder: str | None = None, **options) -> CombinerConfig:
     """``paper``: FashionIQ or CIRR with the reference recipe (``encoder="text"``: CVPRW; ``"both"``: the journal
-    version); ``toy`` and ``smoke``: Shapes triplets. ``profile`` None reads ``$IDCLAB_PROFILE`` (default toy)."""
+    version); ``toy`` and ``smoke``: Shapes triplets. ``profile`` None reads ``$IDCLAB_PROFILE`` (default toy);
+    ``options``: the common ones of :func:`idclab.runs.apply_options` (``finetune_steps``, ``combiner_steps`` ...)."""
+    return runs.apply_options(_preset(dataset, profile, encoder), STAGES, **options)
+
+
+def _preset(dataset: str, profile: str | None, encoder: str | None) -> CombinerConfig:
     profile = get_profile(profile)
     if dataset not in DATASETS:
         raise ValueError(f"Unknown dataset {dataset!r}; choose one of {DATASETS}.")
@@ -142,15 +160,15 @@ def config_for(dataset: str, profile: str | None = None, *, encoder: str | None 
         return CombinerConfig(
             dataset="shapes", profile="toy", backbone="shapes-clip", pretrained=None, preprocess="squash",
             encoder=encoder or "text", proj_dim=512, hidden_dim=1024,
-            finetune=StageConfig(lr=1e-4, batch_size=128, max_steps=400, eval_every=200),
+            finetune=CombinerStage(lr=1e-4, batch_size=128, max_steps=400, eval_every=200),
             combiner=dataclasses.replace(_STAGE2, lr=1e-3, batch_size=512, max_steps=400, eval_every=200),
-            shapes_triplets=(4000, 150))
+            shapes_triplets=(4000, 150), ckpt_minutes=None)
     return CombinerConfig(
         dataset="shapes", profile="smoke", backbone="idc-micro", pretrained=None, preprocess="squash",
         encoder=encoder or "text", proj_dim=64, hidden_dim=128,
-        finetune=StageConfig(lr=1e-4, batch_size=8, max_steps=3),
+        finetune=CombinerStage(lr=1e-4, batch_size=8, max_steps=3),
         combiner=dataclasses.replace(_STAGE2, lr=1e-3, batch_size=8, max_steps=3),
-        shapes_triplets=(32, 12))
+        shapes_triplets=(32, 12), ckpt_minutes=None)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -206,8 +224,9 @@ class FineTuner(nn.Module):
         super().__init__()
         self.clip, self.encoder = clip, encoder
         for name, p in clip.named_parameters():
-            visual = name.startswith("visual.")
-            p.requires_grad_(name != "logit_scale" and (encoder == "both" or visual == (encoder == "image")))
+            part = backbones.clip_part(name)  # "visual", "text", "token_embedding", ... or "logit_scale"
+            visual = part == "visual"
+            p.requires_grad_(part != "logit_scale" and (encoder == "both" or visual == (encoder == "image")))
         self.clip.eval()
 
     def train(self, mode: bool = True) -> FineTuner:
@@ -224,13 +243,27 @@ class FineTuner(nn.Module):
             return backbones.encode_text(self.clip, tokens)  # [B, d], raw
 
 
-def finetune_loss(model: FineTuner, batch: dict) -> tuple[torch.Tensor, dict]:
-    """§4: q = norm(i_ref + t), target norm(i_tgt); one-direction CE at scale 100 (duplicates not masked)."""
+def sum_query(image: torch.Tensor, text: torch.Tensor, *, inputs: str = "raw") -> torch.Tensor:
+    """The stage-1 query from raw image and text features [B, d] -> [B, d], unit length.
+
+    ``inputs="raw"`` (the reference, §4): norm(i + t), so the longer feature weighs more; ``"normalized"``:
+    norm(norm(i) + norm(t)), both count equally (the zero-shot "image + text" baseline's form).
+    """
+    if inputs not in SUM_INPUTS:
+        raise ValueError(f"inputs={inputs!r}; choose one of {SUM_INPUTS}.")
+    image, text = image.float(), text.float()
+    if inputs == "normalized":
+        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    return F.normalize(image + text, dim=-1)
+
+
+def finetune_loss(model: FineTuner, batch: dict, *, inputs: str = "raw") -> tuple[torch.Tensor, dict]:
+    """§4: q = :func:`sum_query` (norm(i_ref + t)), target norm(i_tgt); one-direction CE at scale 100 (duplicates
+    not masked)."""
     ref = batch["ref"] if "ref" in batch else model.encode_image(batch["ref_pixels"])  # [B, d]
     tgt = batch["tgt"] if "tgt" in batch else model.encode_image(batch["tgt_pixels"])  # [B, d]
     text = model.encode_text(batch["tokens"])  # [B, d]
-    query = F.normalize(ref.float(), dim=-1) + F.normalize(text.float(), dim=-1)
-    return batch_classification_loss(query, tgt.float(), scale=SCALE), {}
+    return batch_classification_loss(sum_query(ref, text, inputs=inputs), tgt.float(), scale=SCALE), {}
 
 
 def combiner_loss(model: Combiner, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -277,16 +310,12 @@ class _ShapesTrainingTriplets(Dataset):
     """Shapes triplets with only the reference and target rendered (the near misses serve evaluation only)."""
 
     def __init__(self, split: str, n: int, *, seed: int, size: int = 64):
-        from idclab.data.shapes import ShapesTriplets
-
         self.data, self.size = ShapesTriplets(split, n, seed=seed, size=size), size
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int) -> dict:
-        from idclab.data.shapes import render
-
         t = self.data.triplet(i)
         return dict(reference=render(t.reference, size=self.size), target=render(t.target, size=self.size),
                     text=t.text, id=str(i))
@@ -300,11 +329,7 @@ def load_triplets(cfg: CombinerConfig, split: str, *, root: str | Path | None = 
         raise ValueError(f"--dataset {cfg.dataset} needs --root DIR (python data_scripts/{cfg.dataset}.py download "
                          f"--root DIR, then verify).")
     if cfg.dataset == "fashioniq":
-        from idclab.data.fashioniq import FashionIQTriplets
-
         return TripletSource(FashionIQTriplets(root, split), "fashioniq")
-    from idclab.data.cirr import CIRRTriplets
-
     return TripletSource(CIRRTriplets(root, split), "cirr")
 
 
@@ -320,7 +345,7 @@ def precompute(clip: nn.Module, source: TripletSource, *, preprocess: str, texts
     """Raw features of every triplet: ref [N, d], tgt [N, d]; with ``texts`` every caption variant too
     (text [N, V, d]; FashionIQ V = 4), else the variants themselves (for stage 1, whose text encoder trains)."""
     device = next(clip.parameters()).device
-    ctx = int(clip.context_length)
+    ctx = backbones.clip_dims(clip).context_length
     refs, tgts, text_feats, variants = [], [], [], []
     for s in tqdm(range(0, len(source), batch_size), desc="features", disable=not progress, unit="batch"):
         items = [source[i] for i in range(s, min(s + batch_size, len(source)))]
@@ -375,7 +400,8 @@ class PixelTriplets(Dataset):
 
 class Collate:
     def __init__(self, clip: nn.Module, preprocess: str):
-        self.size, self.ctx, self.preprocess = backbones.image_size(clip), int(clip.context_length), preprocess
+        dims = backbones.clip_dims(clip)
+        self.size, self.ctx, self.preprocess = dims.image_size, dims.context_length, preprocess
 
     def __call__(self, items: Sequence[dict]) -> dict:
         out = {}
@@ -414,21 +440,61 @@ def _subset(bench: cir.CIRBenchmark, n: int | None) -> cir.CIRBenchmark:
     return bench if n is None else dataclasses.replace(bench, queries=list(bench.queries)[:n])
 
 
-def _trainer_config(stage: StageConfig, n: int, precision: str, seed: int, progress: bool) -> TrainConfig:
+def _trainer_config(cfg: CombinerConfig, stage: CombinerStage, n: int, progress: bool) -> TrainConfig:
     per_epoch = max(1, n // stage.batch_size)  # drop_last, as the reference's loaders
-    steps = stage.max_steps or stage.epochs * per_epoch
-    every = stage.eval_every or (None if stage.max_steps else per_epoch)  # the reference validates every epoch
+    steps = stage.epochs * per_epoch if stage.max_steps is None else stage.max_steps
+    every = stage.eval_every or (None if stage.max_steps is not None else per_epoch)  # the reference: every epoch
     return TrainConfig(max_steps=steps, batch_size=min(stage.batch_size, n), lr=stage.lr,
                        weight_decay=stage.weight_decay, betas=stage.betas, eps=stage.eps, schedule="constant",
-                       precision=precision, seed=seed, eval_every=every, select_metric="select",
+                       precision=cfg.precision, seed=cfg.seed, num_workers=cfg.num_workers, eval_every=every,
+                       ckpt_every=stage.ckpt_every, ckpt_minutes=cfg.ckpt_minutes, select_metric="select",
                        select_mode="max", progress=progress)
 
 
-def finetune(cfg: CombinerConfig, out_dir: str | Path | None, *, root: str | Path | None = None,
-             resume: str | Path | None = None, device: str | torch.device | None = None,
-             progress: bool = True) -> tuple[nn.Module, TrainResult]:
-    """Stage 1: fine-tune CLIP with the sum query. Returns the best CLIP (selected on val) and the record."""
+def _validator(retriever_for, bench: cir.CIRBenchmark, *, fixed_gallery: bool):
+    """A Trainer val_fn: the benchmark's protocol on ``retriever_for(model)``; the selection score and every metric.
+    ``fixed_gallery``: the image tower does not change, so gallery features are encoded once."""
+    cache: dict = {}
+
+    def val_fn(model) -> dict:
+        retriever = retriever_for(model)
+        if not cache or not fixed_gallery:
+            cache["names"] = cir.needed_images(bench)
+            cache["feats"] = cir.image_features(retriever, bench, cache["names"], progress=False)
+        metrics = cir.evaluate(retriever, bench, feats=cache["feats"], names=cache["names"], progress=False)["metrics"]
+        return {"select": selection_score(metrics, bench.protocol), **_flat(metrics)}
+
+    return val_fn
+
+
+def train(cfg: CombinerConfig, out_dir: str | Path, *, stages=None, root: str | Path | None = None,
+          init: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+          device: str | torch.device | None = None, progress: bool = True) -> dict[str, TrainResult]:
+    """Stage 1 into ``out_dir/finetune`` (the fine-tuned CLIP), then stage 2 into ``out_dir/combiner`` on its
+    features. ``stages=("combiner",)`` trains the Combiner on ``init`` (a stage-1 run), else on the stage-1 run
+    recorded in ``out_dir``, else on the frozen CLIP (the v1 ablation). Returns ``{stage: TrainResult}``."""
+    stages = runs.check_stages(stages, STAGES)
+    out = Path(out_dir)
+    runs.prepare_run(out, stages, resume=resume, overwrite=overwrite)
+    if cfg.dataset != "shapes":
+        load_triplets(cfg, "train", root=root)  # check the data before building a model or downloading weights
     device = pick_device(device)
+    results: dict[str, TrainResult] = {}
+    clip_ckpt = None if init is None else runs.resolve_checkpoint(init, "finetune", method=METHOD)
+    if clip_ckpt is None and "finetune" not in stages and "finetune" in ((runs.read_run(out) or {}).get("stages") or {}):
+        clip_ckpt = runs.resolve_checkpoint(out, "finetune")
+    with runs.run_lock(out):
+        if "finetune" in stages:
+            results["finetune"] = _finetune(cfg, out, root=root, resume=resume, device=device, progress=progress)
+            clip_ckpt = results["finetune"].selected
+        if "combiner" in stages:
+            results["combiner"] = _train_combiner(cfg, out, clip_ckpt=clip_ckpt, root=root, resume=resume,
+                                                  device=device, progress=progress)
+    return results
+
+
+def _finetune(cfg: CombinerConfig, out: Path, *, root, resume: bool, device, progress: bool) -> TrainResult:
+    """Stage 1: fine-tune CLIP with the sum query; the checkpoint holds the whole CLIP."""
     model = FineTuner(load_backbone(cfg, device=device), cfg.encoder)
     source = load_triplets(cfg, "train", root=root)
     if cfg.encoder == "text":  # the image tower is frozen: its features are fixed, compute them once
@@ -437,85 +503,61 @@ def finetune(cfg: CombinerConfig, out_dir: str | Path | None, *, root: str | Pat
     else:
         data = PixelTriplets(source)
     bench = _subset(val_benchmark(cfg, root=root), cfg.finetune.eval_queries)
-    cache: dict = {}
-
-    def val_fn(m: FineTuner) -> dict:
-        retriever = cir.Baseline(m.clip, "sum", prompts=PROMPTS, preprocess=cfg.preprocess, device=device)
-        if not cache or cfg.encoder != "text":  # a frozen image tower gives the same gallery features every time
-            cache["names"] = cir.needed_images(bench)
-            cache["feats"] = cir.image_features(retriever, bench, cache["names"], progress=False)
-        metrics = cir.evaluate(retriever, bench, feats=cache["feats"], names=cache["names"], progress=False)["metrics"]
-        return {"select": selection_score(metrics, bench.protocol), **_flat(metrics)}
-
+    val_fn = _validator(lambda m: SumRetriever(m.clip, inputs=cfg.sum_inputs, preprocess=cfg.preprocess,
+                                               device=device), bench, fixed_gallery=cfg.encoder == "text")
     params = [p for p in model.parameters() if p.requires_grad]
-    trainer = Trainer(model, finetune_loss, data, config=_trainer_config(cfg.finetune, len(data), cfg.precision,
-                                                                         cfg.seed, progress),
-                      out_dir=out_dir, collate_fn=Collate(model.clip, cfg.preprocess), val_fn=val_fn, device=device,
-                      param_groups=[dict(params=params, weight_decay=cfg.finetune.weight_decay)],
-                      extra=dict(model="CombinerFineTune", stage="finetune", config=cfg.to_dict(),
-                                 backbone=cfg.backbone))
+    header = runs.make_header(METHOD, "finetune", cfg, backbones.model_config(model.clip))
+    trainer = Trainer(model, functools.partial(finetune_loss, inputs=cfg.sum_inputs), data,
+                      config=_trainer_config(cfg, cfg.finetune, len(data), progress), out_dir=out / "finetune",
+                      collate_fn=Collate(model.clip, cfg.preprocess), val_fn=val_fn, device=device,
+                      param_groups=[dict(params=params, weight_decay=cfg.finetune.weight_decay)], header=header)
     result = trainer.fit(resume=resume)
-    if result.best_checkpoint is not None:
-        model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
-    return model.clip.eval(), result
+    runs.record_stage(out, method=METHOD, config=cfg, stage="finetune", entry=runs.stage_entry(out, result))
+    return result
 
 
-def train_combiner(cfg: CombinerConfig, out_dir: str | Path | None, *, clip: nn.Module | None = None,
-                   clip_checkpoint: str | Path | None = None, root: str | Path | None = None,
-                   resume: str | Path | None = None, device: str | torch.device | None = None,
-                   progress: bool = True) -> tuple[Combiner, TrainResult]:
-    """Stage 2: the Combiner on precomputed features of ``clip`` (the stage-1 CLIP, or the frozen backbone when
-    None: the v1 ablation). ``clip_checkpoint`` is recorded so the run can be reloaded."""
-    device = pick_device(device)
-    clip = (clip if clip is not None else load_backbone(cfg, device=device)).to(device).eval().requires_grad_(False)
+def _train_combiner(cfg: CombinerConfig, out: Path, *, clip_ckpt: Path | None, root, resume: bool, device,
+                    progress: bool) -> TrainResult:
+    """Stage 2: the Combiner on precomputed features of the stage-1 CLIP (``clip_ckpt``), or of the frozen backbone
+    when None. The checkpoint holds the Combiner and the path of its CLIP relative to itself."""
+    clip = _stage_one_clip(cfg, clip_ckpt, device)
     source = load_triplets(cfg, "train", root=root)
     data = CachedTriplets(precompute(clip, source, preprocess=cfg.preprocess, texts=True, progress=progress))
-    dim = int(clip.text_projection.shape[1])
+    dim = backbones.clip_dims(clip).embed_dim
     torch.manual_seed(cfg.seed)  # the Combiner's initial weights depend on the seed only
     model = Combiner(dim, cfg.proj_dim, cfg.hidden_dim, dropout=cfg.dropout)
     bench = _subset(val_benchmark(cfg, root=root), cfg.combiner.eval_queries)
-    cache: dict = {}
-
-    def val_fn(m: Combiner) -> dict:
-        retriever = CombinerRetriever(clip, m, preprocess=cfg.preprocess, device=device)
-        if not cache:  # the gallery features do not change in stage 2: encode them once
-            cache["names"] = cir.needed_images(bench)
-            cache["feats"] = cir.image_features(retriever, bench, cache["names"], progress=False)
-        metrics = cir.evaluate(retriever, bench, feats=cache["feats"], names=cache["names"], progress=False)["metrics"]
-        return {"select": selection_score(metrics, bench.protocol), **_flat(metrics)}
-
-    ckpt = None if clip_checkpoint is None else str(Path(clip_checkpoint).resolve())
-    trainer = Trainer(model, combiner_loss, data, config=_trainer_config(cfg.combiner, len(data), cfg.precision,
-                                                                         cfg.seed, progress),
-                      out_dir=out_dir, collate_fn=Collate(clip, cfg.preprocess), val_fn=val_fn, device=device,
+    val_fn = _validator(lambda m: CombinerRetriever(clip, m, preprocess=cfg.preprocess, device=device), bench,
+                        fixed_gallery=True)
+    stage_dir = out / "combiner"
+    clip_source = None if clip_ckpt is None else runs.relative(clip_ckpt, stage_dir)
+    header = runs.make_header(METHOD, "combiner", cfg, dict(backbones.model_config(clip), dim=dim,
+                                                            clip_checkpoint=clip_source))
+    trainer = Trainer(model, combiner_loss, data, config=_trainer_config(cfg, cfg.combiner, len(data), progress),
+                      out_dir=stage_dir, collate_fn=Collate(clip, cfg.preprocess), val_fn=val_fn, device=device,
                       param_groups=[dict(params=list(model.parameters()), weight_decay=cfg.combiner.weight_decay)],
-                      extra=dict(model="Combiner", stage="combiner", config=cfg.to_dict(), backbone=cfg.backbone,
-                                 clip_checkpoint=ckpt, dim=dim))
+                      header=header)
     result = trainer.fit(resume=resume)
-    if result.best_checkpoint is not None:
-        model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
-    return model.eval(), result
+    init = None if clip_ckpt is None else runs.relative(clip_ckpt, out)
+    runs.record_stage(out, method=METHOD, config=cfg, stage="combiner", entry=runs.stage_entry(out, result, init=init))
+    return result
 
 
-def train(cfg: CombinerConfig, out_dir: str | Path, *, stages: Sequence[str] = STAGES,
-          root: str | Path | None = None, init: str | Path | None = None, resume: bool = False,
-          device: str | torch.device | None = None, progress: bool = True) -> dict[str, TrainResult]:
-    """Both stages: ``out_dir/finetune`` (the fine-tuned CLIP), then ``out_dir/combiner`` on its features.
-    ``stages=("combiner",)`` trains the Combiner on ``init`` (a stage-1 run) or, without it, on the frozen CLIP."""
-    out = Path(out_dir)
-    results = {}
-    clip, clip_ckpt = None, init
-    if "finetune" in stages:
-        clip, results["finetune"] = finetune(cfg, out / "finetune", root=root, device=device, progress=progress,
-                                             resume="auto" if resume else None)
-        clip_ckpt = results["finetune"].best_checkpoint
-    elif init is not None:
-        clip, clip_ckpt = load_finetuned_clip(init, expect=cfg), resolve_checkpoint(init, "finetune")
-    if "combiner" in stages:
-        _, results["combiner"] = train_combiner(cfg, out / "combiner", clip=clip, clip_checkpoint=clip_ckpt,
-                                                root=root, device=device, progress=progress,
-                                                resume="auto" if resume else None)
-    return results
+def _stage_one_clip(cfg: CombinerConfig, clip_ckpt: Path | None, device) -> nn.Module:
+    """The frozen CLIP of stage 2: a stage-1 checkpoint's (built without downloading weights, then loaded), or the
+    configured backbone."""
+    if clip_ckpt is None:
+        return load_backbone(cfg, device=device).eval().requires_grad_(False)
+    state = runs.read(clip_ckpt)
+    saved = CombinerConfig.from_dict(state["header"]["config"])
+    if state["header"]["stage"] != "finetune":
+        raise ValueError(f"{clip_ckpt} is not a Combiner stage-1 (finetune) checkpoint.")
+    if saved.backbone != cfg.backbone:
+        raise ValueError(f"{clip_ckpt} fine-tuned {saved.backbone}, but this run is configured for {cfg.backbone}; "
+                         "use a stage-1 run of the same backbone.")
+    model = FineTuner(backbones.load_clip(saved.backbone), saved.encoder)  # architecture only: every weight is saved
+    model.load_state_dict(state["model"])
+    return model.clip.to(device).eval().requires_grad_(False)
 
 
 def _flat(metrics: dict) -> dict:
@@ -523,17 +565,19 @@ def _flat(metrics: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The retriever (gallery: normalised CLIP images; query: the Combiner's fused feature)
+# The retrievers (gallery: normalised CLIP images; query: stage 1's sum, or the Combiner's fused feature)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class CombinerRetriever(cir.CLIPRetriever):
-    method = "combiner"
+class SumRetriever(cir.CLIPRetriever):
+    """Stage 1's query, :func:`sum_query` of the raw image and text features (the reference's form by default)."""
 
-    def __init__(self, clip: nn.Module, combiner: Combiner, *, prompts: dict | None = None,
+    method = "raw_sum"
+
+    def __init__(self, clip: nn.Module, *, inputs: str = "raw", prompts: dict | None = None,
                  preprocess: str = "target_pad", device: str | torch.device | None = None):
         super().__init__(clip, preprocess=preprocess, device=device)
-        self.combiner = combiner.to(self.device).eval()
+        self.inputs = inputs
         self.prompts = cir.check_prompts(PROMPTS if prompts is None else prompts)
 
     @torch.no_grad()
@@ -543,10 +587,26 @@ class CombinerRetriever(cir.CLIPRetriever):
 
     @torch.no_grad()
     def encode_query(self, image_feats: torch.Tensor, queries: Sequence[cir.CIRQuery]) -> torch.Tensor:
+        return sum_query(image_feats, self.raw_text(queries), inputs=self.inputs)  # [B, d], normalised
+
+    def describe(self) -> dict:
+        return dict(super().describe(), prompts=dict(self.prompts), sum_inputs=self.inputs)
+
+
+class CombinerRetriever(SumRetriever):
+    method = "combiner"
+
+    def __init__(self, clip: nn.Module, combiner: Combiner, *, prompts: dict | None = None,
+                 preprocess: str = "target_pad", device: str | torch.device | None = None):
+        super().__init__(clip, prompts=prompts, preprocess=preprocess, device=device)
+        self.combiner = combiner.to(self.device).eval()
+
+    @torch.no_grad()
+    def encode_query(self, image_feats: torch.Tensor, queries: Sequence[cir.CIRQuery]) -> torch.Tensor:
         return self.combiner(image_feats.float(), self.raw_text(queries))  # [B, d], normalised
 
     def describe(self) -> dict:
-        return dict(super().describe(), prompts=dict(self.prompts),
+        return dict(cir.CLIPRetriever.describe(self), prompts=dict(self.prompts),
                     checkpoint=getattr(self.combiner, "checkpoint_info", None))
 
 
@@ -555,78 +615,69 @@ class CombinerRetriever(cir.CLIPRetriever):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def resolve_checkpoint(path: str | Path, stage: str) -> Path:
-    path = Path(path)
-    if path.is_file():
-        return path
-    for folder in (path / stage, path):
-        for name in ("best.pt", "last.pt"):
-            if (folder / name).is_file():
-                return folder / name
-    raise FileNotFoundError(f"No {stage} checkpoint under {path}; train one with\n  idclab train combiner --profile "
-                            f"toy --out {path}")
+class CombinerModel(nn.Module):
+    """A trained stage 2: the frozen CLIP its features came from and the Combiner."""
+
+    def __init__(self, clip: nn.Module, combiner: Combiner, cfg: CombinerConfig):
+        super().__init__()
+        self.clip, self.combiner, self.cfg = clip, combiner, cfg
 
 
-def _read(path: Path, stage: str) -> tuple[dict, CombinerConfig]:
-    state = load_checkpoint(path)
-    extra = state.get("extra") or {}
-    if extra.get("stage") != stage or "config" not in extra:
-        raise ValueError(f"{path} is not a Combiner {stage} checkpoint (it holds {extra.get('model') or 'another model'!r}"
-                         f"); pass one written by `idclab train combiner`.")
-    return state, CombinerConfig.from_dict(extra["config"])
-
-
-def load_finetuned_clip(checkpoint: str | Path, *, expect: CombinerConfig | None = None,
-                        device: str | torch.device | None = None) -> nn.Module:
-    """The stage-1 CLIP of a run. ``expect``: refuse a checkpoint of another backbone than this config's."""
-    path = resolve_checkpoint(checkpoint, "finetune")
-    state, cfg = _read(path, "finetune")
-    if expect is not None and (cfg.backbone, cfg.pretrained) != (expect.backbone, expect.pretrained):
-        raise ValueError(f"{path} fine-tuned {cfg.backbone} ({cfg.pretrained}), but this run is configured for "
-                         f"{expect.backbone} ({expect.pretrained}); use a checkpoint of the same backbone.")
-    model = FineTuner(load_backbone(cfg), cfg.encoder)
-    model.load_state_dict(state["model"])
-    return model.clip.to(pick_device(device)).eval().requires_grad_(False)
-
-
-def load_combiner(checkpoint: str | Path, *, device: str | torch.device | None = None
-                  ) -> tuple[nn.Module, Combiner, CombinerConfig]:
-    """(CLIP, Combiner, config) of a stage-2 checkpoint or run folder; the CLIP is the one its features came from."""
-    path = resolve_checkpoint(checkpoint, "combiner")
-    state, cfg = _read(path, "combiner")
-    extra = state["extra"]
-    if extra.get("clip_checkpoint"):
-        clip = load_finetuned_clip(extra["clip_checkpoint"], expect=cfg, device=device)
-    else:
-        clip = load_backbone(cfg, device=pick_device(device)).eval().requires_grad_(False)
-    dim = int(clip.text_projection.shape[1])
-    if dim != extra["dim"]:
-        raise ValueError(f"{path} was trained on {extra['dim']}-d features, but its CLIP gives {dim}-d ones.")
+def load(run_or_checkpoint: str | Path, *, stage: str | None = None, device: str | torch.device | None = None
+         ) -> FineTuner | CombinerModel:
+    """The trained model of a stage (default: the run's last): ``finetune`` -> :class:`FineTuner` (its ``.clip`` is
+    the fine-tuned CLIP); ``combiner`` -> :class:`CombinerModel`. Architectures are built without downloading
+    weights where the run holds them all (stage 1; stage 2 on a stage-1 CLIP)."""
+    path = runs.resolve_checkpoint(run_or_checkpoint, stage, method=METHOD)
+    state = runs.read(path)
+    header, device = state["header"], pick_device(device)
+    cfg = CombinerConfig.from_dict(header["config"])
+    info = dict(path=str(path), selected_on_val=state.get("selection"))
+    if header["stage"] == "finetune":
+        model = FineTuner(backbones.load_clip(cfg.backbone), cfg.encoder)  # architecture only
+        model.load_state_dict(state["model"])
+        model.checkpoint_info = info
+        return model.to(device).eval()
+    source = header["architecture"].get("clip_checkpoint")
+    clip_ckpt = None if source is None else runs.resolve_relative(source, path.parent)
+    if clip_ckpt is not None and not clip_ckpt.is_file():
+        raise FileNotFoundError(f"{path} was trained on the stage-1 CLIP {clip_ckpt}, which is missing; move the "
+                                "whole run folder (finetune/ and combiner/) together.")
+    clip = _stage_one_clip(cfg, clip_ckpt, device)
+    dim = backbones.clip_dims(clip).embed_dim
+    if dim != header["architecture"]["dim"]:
+        raise ValueError(f"{path} was trained on {header['architecture']['dim']}-d features, but its CLIP gives "
+                         f"{dim}-d ones.")
     combiner = Combiner(dim, cfg.proj_dim, cfg.hidden_dim, dropout=cfg.dropout)
     combiner.load_state_dict(state["model"])
-    combiner.checkpoint_info = dict(path=str(path), selected_on_val=state["result"]["best"])
-    return clip, combiner.to(pick_device(device)).eval(), cfg
+    combiner.checkpoint_info = info
+    model = CombinerModel(clip, combiner, cfg).to(device).eval()
+    model.checkpoint_info = info
+    return model
 
 
-def load_retriever(checkpoint: str | Path, *, method: str = "combiner", device: str | torch.device | None = None
-                   ) -> cir.CLIPRetriever:
-    """``combiner``: the stage-2 model of a run; ``sum`` / ``image`` / ``text``: that baseline on the run's CLIP (the
-    stage-1 fine-tuned one, or the frozen backbone of a Combiner-only run), with the Combiner's text prompts."""
+def load_retriever(run_or_checkpoint: str | Path, *, method: str = "combiner",
+                   device: str | torch.device | None = None) -> cir.CLIPRetriever:
+    """``combiner``: the stage-2 model of a run; ``raw_sum``: stage 1's query on the run's CLIP; ``sum`` / ``image`` /
+    ``text``: that zero-shot baseline on the run's CLIP (stage 1's fine-tuned one, or the frozen backbone of a
+    Combiner-only run), with the Combiner's text prompts."""
     if method == "combiner":
-        clip, combiner, cfg = load_combiner(checkpoint, device=device)
-        return CombinerRetriever(clip, combiner, preprocess=cfg.preprocess, device=device)
-    clip, cfg = run_clip(checkpoint, device=device)
-    return cir.Baseline(clip, method, prompts=PROMPTS, preprocess=cfg.preprocess, device=device)
+        model = load(run_or_checkpoint, stage="combiner", device=device)
+        return CombinerRetriever(model.clip, model.combiner, preprocess=model.cfg.preprocess, device=device)
+    stage = "finetune" if _has_stage(run_or_checkpoint, "finetune") else "combiner"
+    model = load(run_or_checkpoint, stage=stage, device=device)
+    cfg = CombinerConfig.from_dict(runs.read_header(model.checkpoint_info["path"])["config"])
+    if method == "raw_sum":
+        return SumRetriever(model.clip, inputs=cfg.sum_inputs, preprocess=cfg.preprocess, device=device)
+    return cir.Baseline(model.clip, method, prompts=PROMPTS, preprocess=cfg.preprocess, device=device)
 
 
-def run_clip(checkpoint: str | Path, *, device: str | torch.device | None = None) -> tuple[nn.Module, CombinerConfig]:
-    """The CLIP a run retrieves with: stage 1's fine-tuned one, or (a Combiner-only run) the frozen backbone."""
+def _has_stage(path: str | Path, stage: str) -> bool:
     try:
-        path = resolve_checkpoint(checkpoint, "finetune")
-    except FileNotFoundError:
-        clip, _, cfg = load_combiner(checkpoint, device=device)
-        return clip, cfg
-    return load_finetuned_clip(path, device=device), _read(path, "finetune")[1]
+        runs.resolve_checkpoint(path, stage, method=METHOD)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ training -> the retriever -> loading checkpoints (ours and the reference's).
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -37,20 +38,24 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms import RandomResizedCrop
 from tqdm.auto import tqdm
 
-from idclab import backbones
+from idclab import backbones, runs
 from idclab.cir import CIRQuery, CLIPRetriever, check_prompts
 from idclab.configs import from_dict, get_profile, pick_device, to_dict
+from idclab.data.image_folder import CSVImages, ImageFolder
+from idclab.data.shapes import ShapesCaptions
 from idclab.losses import symmetric_info_nce
 from idclab.metrics.retrieval import recall_at_k, topk_search
-from idclab.train import TrainConfig, Trainer, TrainResult, load_checkpoint
+from idclab.train import TrainConfig, Trainer, TrainResult
 
 __all__ = [
-    "PROMPTS", "DATA_SOURCES", "Pic2WordConfig", "config_for", "MappingNetwork", "Pic2Word", "pic2word_loss",
+    "PROMPTS", "DATASETS", "STAGES", "Pic2WordConfig", "config_for", "MappingNetwork", "Pic2Word", "pic2word_loss",
     "training_images", "FeatureRows", "CroppedImages", "precompute_features", "validate_inversion", "train",
-    "Pic2WordRetriever", "load_model", "load_retriever", "load_reference_mapping",
+    "Pic2WordRetriever", "load", "load_retriever", "load_reference_mapping",
 ]
 
 # §2: the composed query per task. The space in "* ," is deliberate: "*," is one BPE chunk with no "*" token (§1.3).
@@ -60,7 +65,9 @@ PROMPTS = {
     "fashioniq": "a photo of * , {cap2} and {cap1}",  # FashionIQ: the second caption first, as the reference does
     "coco": "a photo of * and {classes}",  # COCO: query class first, then the image's other classes
 }
-DATA_SOURCES = ("cc3m", "folder", "shapes")
+DATASETS = ("cc3m", "folder", "shapes")  # a Pic2Word TSV of image paths, any image folder, generated Shapes photos
+METHOD = "pic2word"
+STAGES = ("mapping",)  # one stage: the mapping network
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Config (paper defaults; each field cites its source) and presets
@@ -69,8 +76,8 @@ DATA_SOURCES = ("cc3m", "folder", "shapes")
 
 @dataclass(frozen=True)
 class Pic2WordConfig:
+    dataset: str = "cc3m"  # §1.5: CC3M images via a TSV (filepath, title; titles unused); or "folder" / "shapes"
     profile: str = "paper"
-    data: str = "cc3m"  # §1.5: CC3M images via a TSV (filepath, title; titles unused); or "folder" / "shapes"
     backbone: str = "ViT-L-14-quickgelu"  # §1.1: ViT-L/14, OpenAI weights (QuickGELU), 224 px
     pretrained: str | None = "openai"  # §1.1
     middle_dim: int = 512  # §1.2 --middle_dim
@@ -94,11 +101,14 @@ class Pic2WordConfig:
     shapes_images: tuple[int, int] = (0, 0)  # data == "shapes": (train, val) photos generated
     val_images: int = 1000  # held-out images for the inversion check (val split of Shapes; else the last N images)
     eval_every: int | None = None  # steps between validations (None: at the end only)
+    ckpt_every: int | None = None  # steps between resume files (None: at the end, on interrupt, every ckpt_minutes)
+    ckpt_minutes: float | None = 10.0  # resume file every 10 minutes of training (a Colab disconnect loses less)
+    num_workers: int = 0  # DataLoader workers decoding images (paper: set it on a GPU machine)
     seed: int = 0  # the reference is unseeded (bug 7)
 
     def __post_init__(self):
-        if self.data not in DATA_SOURCES:
-            raise ValueError(f"Pic2WordConfig.data={self.data!r}; choose one of {DATA_SOURCES}.")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"Pic2WordConfig.dataset={self.dataset!r}; choose one of {DATASETS}.")
         if self.middle_dim < 1 or self.n_layers < 1 or not 0 <= self.dropout < 1:
             raise ValueError("Pic2WordConfig: middle_dim and n_layers must be >= 1 and dropout in [0, 1).")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -117,24 +127,38 @@ class Pic2WordConfig:
                                    betas=tuple(cfg.betas))
 
 
-def config_for(profile: str | None = None, *, data: str | None = None) -> Pic2WordConfig:
-    """``paper``: the reference recipe (CC3M by default, ``data="folder"`` for any image folder); ``toy`` and ``smoke``
-    train on Shapes photos. ``profile`` None reads ``$IDCLAB_PROFILE`` (default ``toy``)."""
+def config_for(dataset: str | None = None, profile: str | None = None, *, precompute: bool | None = None,
+               **options) -> Pic2WordConfig:
+    """``paper``: the reference recipe on ``cc3m`` (a Pic2Word TSV, the default) or any image ``folder``; ``toy`` and
+    ``smoke`` train on ``shapes`` photos (the default). ``profile`` None reads ``$IDCLAB_PROFILE`` (default ``toy``);
+    ``precompute``: encode every image once (no crop augmentation); ``options``: the common ones of
+    :func:`idclab.runs.apply_options`."""
     profile = get_profile(profile)
+    if dataset is None:
+        dataset = "cc3m" if profile == "paper" else "shapes"
+    if dataset not in DATASETS:
+        raise ValueError(f"Unknown dataset {dataset!r}; choose one of {DATASETS}.")
     if profile == "paper":
-        return Pic2WordConfig(data=data or "cc3m")
-    if data not in (None, "shapes"):
-        raise ValueError(f"The {profile!r} profile trains on Shapes photos; use profile 'paper' for data={data!r}.")
-    if profile == "toy":
+        if dataset == "shapes":
+            raise ValueError("Shapes photos are the toy and smoke profiles' data; the paper profile trains on 'cc3m' "
+                             "or an image 'folder'.")
+        cfg = Pic2WordConfig(dataset=dataset)
+    elif dataset != "shapes":
+        raise ValueError(f"The {profile!r} profile trains on Shapes photos; use profile 'paper' for {dataset!r}.")
+    elif profile == "toy":
         # shapes-clip (embed 128, token width 128, 64 px): the same network shape at toy width, features precomputed
         # (training images are re-encoded for nothing on a CPU), more steps per image than the paper's 30 epochs of
         # CC3M would give. Chosen on Shapes *val* photos (the inversion check), never on the CIR benchmark.
-        return Pic2WordConfig(profile="toy", data="shapes", backbone="shapes-clip", pretrained=None, middle_dim=256,
-                              lr=1e-3, warmup_steps=100, max_steps=1500, batch_size=128, precompute=True,
-                              shapes_images=(8000, 500), val_images=500, eval_every=500)
-    return Pic2WordConfig(profile="smoke", data="shapes", backbone="idc-micro", pretrained=None, middle_dim=32,
-                          lr=1e-3, warmup_steps=0, max_steps=4, batch_size=8, precompute=True,
-                          shapes_images=(32, 16), val_images=16)
+        cfg = Pic2WordConfig(profile="toy", dataset="shapes", backbone="shapes-clip", pretrained=None, middle_dim=256,
+                             lr=1e-3, warmup_steps=100, max_steps=1500, batch_size=128, precompute=True,
+                             shapes_images=(8000, 500), val_images=500, eval_every=500, ckpt_minutes=None)
+    else:
+        cfg = Pic2WordConfig(profile="smoke", dataset="shapes", backbone="idc-micro", pretrained=None, middle_dim=32,
+                             lr=1e-3, warmup_steps=0, max_steps=4, batch_size=8, precompute=True,
+                             shapes_images=(32, 16), val_images=16, ckpt_minutes=None)
+    if precompute is not None:
+        cfg = dataclasses.replace(cfg, precompute=precompute)
+    return runs.apply_options(cfg, **options)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -182,12 +206,10 @@ class Pic2Word(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.clip = (clip if clip is not None else load_backbone(cfg)).requires_grad_(False).eval()
-        embed_dim = int(self.clip.text_projection.shape[1])
-        width = int(self.clip.token_embedding.weight.shape[1])
-        self.mapping = MappingNetwork(embed_dim, width, middle_dim=cfg.middle_dim, n_layers=cfg.n_layers,
+        dims = backbones.clip_dims(self.clip)
+        self.mapping = MappingNetwork(dims.embed_dim, dims.text_width, middle_dim=cfg.middle_dim, n_layers=cfg.n_layers,
                                       dropout=cfg.dropout)
-        self.register_buffer("train_tokens", backbones.tokenize(cfg.train_prompt,
-                                                                context_length=int(self.clip.context_length)),
+        self.register_buffer("train_tokens", backbones.tokenize(cfg.train_prompt, context_length=dims.context_length),
                              persistent=False)  # [1, L]
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
@@ -207,7 +229,7 @@ class Pic2Word(nn.Module):
         """The fixed inverse temperature: cfg.logit_scale, or the backbone's own exp(logit_scale)."""
         if self.cfg.logit_scale is not None:
             return float(self.cfg.logit_scale)
-        return float(self.clip.logit_scale.exp())
+        return float(backbones.logit_scale(self.clip).exp())
 
     @torch.no_grad()
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -216,7 +238,7 @@ class Pic2Word(nn.Module):
     def encode_with_pseudo_word(self, image_feats: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Text features [B, D] (unnormalised) of ``tokens`` [B, L] with each row's ``*`` replaced by f_M(v_b)."""
         pseudo = self.mapping(image_feats)  # [B, width]
-        return backbones.encode_text_with_pseudo_tokens(self.clip, tokens, pseudo.to(self.clip.token_embedding.weight.dtype))
+        return backbones.encode_text_with_pseudo_tokens(self.clip, tokens, pseudo)  # cast to the table's dtype there
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         return pic2word_loss(self, batch)
@@ -241,8 +263,6 @@ class _ShapesPhotos(Dataset):
     """Shapes scenes in the photo style, images only (their descriptions are never used)."""
 
     def __init__(self, split: str, n: int, *, seed: int, size: int):
-        from idclab.data.shapes import ShapesCaptions
-
         self.data = ShapesCaptions(split, n, seed=seed, size=size, styles=("photo",))
 
     def __len__(self) -> int:
@@ -257,18 +277,14 @@ def training_images(cfg: Pic2WordConfig, *, root: str | Path | None = None, imag
     """(train, val) image datasets (items uint8 [H, W, 3]). Shapes: generated photos of the train / val splits.
     ``folder``: every image under ``root``; ``cc3m``: a Pic2Word TSV (``root`` = the .tsv/.csv file, column
     ``filepath``). For those two, the last ``cfg.val_images`` images are held out for validation."""
-    if cfg.data == "shapes":
+    if cfg.dataset == "shapes":
         n_train, n_val = cfg.shapes_images
         return (_ShapesPhotos("train", n_train, seed=cfg.seed, size=image_size),
                 _ShapesPhotos("val", n_val, seed=cfg.seed, size=image_size))
-    from torch.utils.data import Subset
-
-    from idclab.data.image_folder import CSVImages, ImageFolder
-
     if root is None:
-        raise ValueError(f"data={cfg.data!r} needs --root: an image folder, or a Pic2Word TSV of image paths "
+        raise ValueError(f"dataset {cfg.dataset!r} needs --root: an image folder, or a Pic2Word TSV of image paths "
                          "(see data_scripts/image_folder.py prepare).")
-    images = ImageFolder(root) if cfg.data == "folder" else CSVImages(root)
+    images = ImageFolder(root) if cfg.dataset == "folder" else CSVImages(root)
     n_val = min(cfg.val_images, len(images) // 10)
     if n_val < 1:
         raise ValueError(f"{root} holds {len(images)} images; Pic2Word needs at least 10 (one tenth is held out).")
@@ -299,9 +315,6 @@ class CroppedImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        from PIL import Image
-        from torchvision.transforms import RandomResizedCrop
-
         img = backbones.load_image(self.images[i])  # [H, W, 3]
         top, left, h, w = RandomResizedCrop.get_params(torch.empty(1, *img.shape[:2]), list(self.scale),
                                                        [3 / 4, 4 / 3])
@@ -357,35 +370,44 @@ def validate_inversion(model: Pic2Word, features: torch.Tensor, *, batch_size: i
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def train(cfg: Pic2WordConfig, out_dir: str | Path | None, *, root: str | Path | None = None,
-          resume: str | Path | None = None, device: str | torch.device | None = None, progress: bool = True,
-          on_step=None) -> tuple[Pic2Word, TrainResult]:
-    """Train the mapping network; ``out_dir`` gets ``best.pt`` (the lowest held-out inversion loss), ``last.pt``
-    and ``config.json``. Returns the model with the best weights loaded, and the training record."""
+def train(cfg: Pic2WordConfig, out_dir: str | Path, *, stages=None, root: str | Path | None = None, init=None,
+          resume: bool = False, overwrite: bool = False, device: str | torch.device | None = None,
+          progress: bool = True, on_step=None) -> dict[str, TrainResult]:
+    """Train the mapping network into ``out_dir/mapping``: ``best.pt`` (the lowest held-out inversion loss),
+    ``last.pt``, ``resume.pt``. Returns ``{"mapping": TrainResult}``; :func:`load` gives the trained model."""
+    runs.check_stages(stages, STAGES)
+    if init is not None:
+        raise ValueError("Pic2Word trains its mapping network from scratch on a frozen CLIP: drop --init.")
+    out = Path(out_dir)
+    runs.prepare_run(out, STAGES, resume=resume, overwrite=overwrite)
     device = pick_device(device)
-    torch.manual_seed(cfg.seed)  # the mapping network's initial weights depend on the seed only
-    model = Pic2Word(cfg, clip=load_backbone(cfg, device=device)).to(device)
-    size = backbones.image_size(model.clip)
-    train_images, val_images = training_images(cfg, root=root, image_size=size)
-    val_feats = precompute_features(model, val_images, preprocess=cfg.preprocess, progress=progress)
-    if cfg.precompute:
-        data, collate = FeatureRows(precompute_features(model, train_images, preprocess=cfg.preprocess,
-                                                        progress=progress).cpu()), _collate_features
-    else:
-        data, collate = CroppedImages(train_images, size, cfg.crop_scale), _collate_images
-    steps_per_epoch = max(1, len(data) // cfg.batch_size)
-    tc = TrainConfig(max_steps=cfg.max_steps or cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size, lr=cfg.lr,
-                     weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps,
-                     warmup_steps=min(cfg.warmup_steps, cfg.max_steps or cfg.epochs * steps_per_epoch),
-                     schedule="cosine", precision=cfg.precision, seed=cfg.seed, eval_every=cfg.eval_every,
-                     select_metric="inversion_loss", select_mode="min", progress=progress)
-    trainer = Trainer(model, pic2word_loss, data, config=tc, out_dir=out_dir, collate_fn=collate,
-                      val_fn=lambda m: validate_inversion(m, val_feats), device=device, on_step=on_step,
-                      extra=dict(model="Pic2Word", config=cfg.to_dict(), backbone=cfg.backbone))
-    result = trainer.fit(resume=resume)
-    if result.best_checkpoint is not None:
-        model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
-    return model.eval(), result
+    if cfg.dataset != "shapes":
+        training_images(cfg, root=root)  # check the data before building a model or downloading weights
+    with runs.run_lock(out):
+        torch.manual_seed(cfg.seed)  # the mapping network's initial weights depend on the seed only
+        model = Pic2Word(cfg, clip=load_backbone(cfg, device=device)).to(device)
+        size = backbones.image_size(model.clip)
+        train_images, val_images = training_images(cfg, root=root, image_size=size)
+        val_feats = precompute_features(model, val_images, preprocess=cfg.preprocess, progress=progress)
+        if cfg.precompute:
+            data, collate = FeatureRows(precompute_features(model, train_images, preprocess=cfg.preprocess,
+                                                            progress=progress).cpu()), _collate_features
+        else:
+            data, collate = CroppedImages(train_images, size, cfg.crop_scale), _collate_images
+        steps_per_epoch = max(1, len(data) // cfg.batch_size)
+        steps = cfg.epochs * steps_per_epoch if cfg.max_steps is None else cfg.max_steps
+        tc = TrainConfig(max_steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         betas=cfg.betas, eps=cfg.eps, warmup_steps=min(cfg.warmup_steps, steps), schedule="cosine",
+                         precision=cfg.precision, seed=cfg.seed, num_workers=cfg.num_workers,
+                         eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every, ckpt_minutes=cfg.ckpt_minutes,
+                         select_metric="inversion_loss", select_mode="min", progress=progress)
+        header = runs.make_header(METHOD, "mapping", cfg, backbones.model_config(model.clip))
+        trainer = Trainer(model, pic2word_loss, data, config=tc, out_dir=out / "mapping", collate_fn=collate,
+                          val_fn=lambda m: validate_inversion(m, val_feats), device=device, on_step=on_step,
+                          header=header)
+        result = trainer.fit(resume=resume)
+        runs.record_stage(out, method=METHOD, config=cfg, stage="mapping", entry=runs.stage_entry(out, result))
+    return {"mapping": result}
 
 
 def _mapping_state(state: dict) -> dict:
@@ -424,43 +446,40 @@ class Pic2WordRetriever(CLIPRetriever):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"{path} holds no best.pt or last.pt; train one with\n  idclab train pic2word "
-                                f"--profile toy --out {path}")
-    if not path.exists():
-        raise FileNotFoundError(f"No checkpoint at {path}; train one with `idclab train pic2word --out DIR`.")
-    return path
-
-
-def load_model(checkpoint: str | Path, *, device: str | torch.device | None = None) -> Pic2Word:
-    """Rebuild a trained Pic2Word (frozen CLIP from its config + the saved mapping network)."""
-    path = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(path)
-    extra = state.get("extra") or {}
-    if extra.get("model") != "Pic2Word":
-        what = extra.get("model") or (extra.get("model") or {})
-        raise ValueError(f"{path} is not a Pic2Word checkpoint (it holds {what!r}); pass one written by "
-                         "`idclab train pic2word`.")
-    cfg = Pic2WordConfig.from_dict(extra["config"])
+def load(run_or_checkpoint: str | Path, *, stage: str | None = None,
+         device: str | torch.device | None = None) -> Pic2Word:
+    """A trained Pic2Word: the frozen CLIP of its config (``pretrained`` weights, as in training: the checkpoint
+    holds only the mapping network) and the saved mapping network."""
+    path = runs.resolve_checkpoint(run_or_checkpoint, stage, method=METHOD)
+    state = runs.read(path)
+    cfg = Pic2WordConfig.from_dict(state["header"]["config"])
     model = Pic2Word(cfg, clip=load_backbone(cfg))
     model.load_state_dict(state["model"])
-    model.checkpoint_info = dict(path=str(path), selected_on_val=state["result"]["best"])
+    model.checkpoint_info = dict(path=str(path), selected_on_val=state.get("selection"))
     return model.to(pick_device(device)).eval()
 
 
 def load_retriever(checkpoint: str | Path, *, device: str | torch.device | None = None) -> Pic2WordRetriever:
-    return Pic2WordRetriever(load_model(checkpoint, device=device))
+    return Pic2WordRetriever(load(checkpoint, device=device))
 
 
-def load_reference_mapping(model: Pic2Word, path: str | Path) -> Pic2Word:
+def load_reference_mapping(model: Pic2Word, path: str | Path, *, trust: bool = False) -> Pic2Word:
     """Load the reference's released mapping weights (``state_dict_img2text``, DDP ``module.`` prefix) into ``model``
-    (configured as the paper: ViT-L/14, 768 -> 512 -> 512 -> 768)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    (configured as the paper: ViT-L/14, 768 -> 512 -> 512 -> 768).
+
+    The file is read with ``weights_only=True``. If it holds other pickled Python objects, it is refused unless
+    ``trust=True`` (``--trust-checkpoint``): unpickling can run code, so do that only for a file from a source you
+    trust, such as the authors' release.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust:
+            raise runs.UnsafeCheckpointError(
+                f"{path} holds pickled Python objects besides tensors; loading it could run code, so idclab refuses "
+                f"it ({str(err).splitlines()[0][:160]}). If it is the authors' released file and you trust its "
+                "source, pass trust=True (--trust-checkpoint).") from None
+        state = torch.load(path, map_location="cpu", weights_only=False)  # explicitly trusted by the caller
     if "state_dict_img2text" not in state:
         raise ValueError(f"{path} has no 'state_dict_img2text': not a Pic2Word reference checkpoint.")
     sd = {k.removeprefix("module."): v for k, v in state["state_dict_img2text"].items()}
