@@ -40,15 +40,16 @@ def template_fields(template: str) -> tuple[str, ...]:
     return tuple(name for _, name, _, _ in string.Formatter().parse(template) if name)
 
 
-def compose(template: str, query: CIRQuery) -> str:
-    """Fill ``template`` with the query's fields; a missing or empty field is an error naming the query."""
+def compose(template: str, query: CIRQuery, *, strip: str | None = None) -> str:
+    """Fill ``template`` with the query's fields, each stripped of the characters ``strip`` at both ends (default:
+    whitespace); a missing or empty field is an error naming the query."""
     text_fields = {}
     for name in template_fields(template):
         if name not in query.fields:
             raise ValueError(f"Query {query.id!r} ({query.kind}) has no field {name!r} for the prompt {template!r}; "
                              f"it has {sorted(query.fields)}. Use a template written for {query.kind!r} queries.")
-        value = str(query.fields[name]).strip()
-        if not value:
+        value = str(query.fields[name]).strip(strip)
+        if not value.strip():
             raise ValueError(f"Query {query.id!r} has an empty modification text (field {name!r}). Fix or remove that "
                              "entry in the annotation file: an empty text would silently turn the query into an "
                              "image-only one.")
@@ -95,6 +96,9 @@ class CLIPRetriever:
     """
 
     method = "image"
+    # {query kind: characters} stripped from both ends of each text field before the prompt is filled (other kinds:
+    # whitespace). The Combiner strips ".?, " from FashionIQ captions, as its reference code does.
+    field_strip: Mapping[str, str] = {}
 
     def __init__(self, clip: torch.nn.Module, *, preprocess: str = "center_crop",
                  device: str | torch.device | None = None):
@@ -136,7 +140,7 @@ class CLIPRetriever:
             if q.kind not in self.prompts:
                 raise ValueError(f"No {self.method} prompt for {q.kind!r} queries; add one to prompts "
                                  f"({sorted(self.prompts)}).")
-            out.append(compose(self.prompts[q.kind], q))
+            out.append(compose(self.prompts[q.kind], q, strip=self.field_strip.get(q.kind)))
         return out
 
     def encode_gallery(self, image_feats: Tensor) -> Tensor:  # [G, D] raw -> [G, D] normalised
@@ -146,8 +150,11 @@ class CLIPRetriever:
         return F.normalize(image_feats.float(), dim=-1)
 
     def describe(self) -> dict:
-        return dict(method=self.method, backbone=getattr(self.clip, "idclab_name", type(self.clip).__name__),
-                    preprocess=self.preprocess)
+        out = dict(method=self.method, backbone=getattr(self.clip, "idclab_name", type(self.clip).__name__),
+                   preprocess=self.preprocess)
+        if self.field_strip:
+            out["field_strip"] = dict(self.field_strip)
+        return out
 
 
 class Baseline(CLIPRetriever):

@@ -573,6 +573,7 @@ class SumRetriever(cir.CLIPRetriever):
     """Stage 1's query, :func:`sum_query` of the raw image and text features (the reference's form by default)."""
 
     method = "raw_sum"
+    field_strip = {"fashioniq": ".?, "}  # each FashionIQ caption, as the reference does in training and evaluation
 
     def __init__(self, clip: nn.Module, *, inputs: str = "raw", prompts: dict | None = None,
                  preprocess: str = "target_pad", device: str | torch.device | None = None):
