@@ -242,7 +242,7 @@ def train(config: ClipPretrainConfig, out_dir: str | Path, *, stages=None, root=
         model = backbones.load_clip(config.arch)
         data = PretrainScenes("train", config.n_train, seed=config.seed, size=backbones.image_size(model),
                               hard_negatives=config.hard_negatives)
-        collate = CaptionCollate(backbones.image_size(model), model.context_length)
+        collate = CaptionCollate(backbones.image_size(model), backbones.clip_dims(model).context_length)
 
         def val_fn(m):
             r = evaluate_retrieval(m, split="val", n=config.n_val, seed=config.seed)
@@ -292,7 +292,8 @@ def export_shapes_clip(checkpoint: str | Path, out: str | Path = backbones.SHAPE
     config = model.checkpoint_info["config"]
     torch.manual_seed(config.seed)
     init = backbones.load_clip(config.arch)  # the same seeded initialisation the run started from
-    changed = (model.token_embedding.weight != init.token_embedding.weight).any(dim=1).nonzero().flatten()
+    table, init_table = backbones.token_embedding(model).weight, backbones.token_embedding(init).weight
+    changed = (table != init_table).any(dim=1).nonzero().flatten()
     model_cfg = backbones.TINY_CONFIGS[config.arch]
     out = Path(out)
     torch.save(backbones.pack_shapes_clip(model, model_cfg, changed, {}, command), out)

@@ -6,11 +6,13 @@ What it does, and nothing else:
   (autocast never touches the stored weights); fp32 on the CPU;
 * gradient accumulation; gradient clipping; AdamW with warm-up + cosine/linear/constant schedule;
 * a tqdm bar showing the loss; a ``history`` of logged values to plot;
-* checkpoints -- periodic, at the end, and on Ctrl-C / kernel interrupt -- holding the model, optimiser, scheduler,
-  scaler, all RNG states, the data position and the config; **exact resume**: a run interrupted mid-epoch and
-  resumed ends with bit-identical weights to an uninterrupted one (``tests/test_train.py``);
-* validation every ``eval_every`` steps via a user function; the best checkpoint is chosen on **validation**
-  metrics -- the trainer never sees a test split;
+* three files per run folder (``idclab.runs``): ``best.pt`` (weights chosen on **validation** metrics -- the
+  trainer never sees a test split), ``last.pt`` (the final weights) and ``resume.pt`` (weights, optimiser,
+  scheduler, scaler, all RNG states and the data position), written periodically, before the end-of-run
+  validation and on Ctrl-C / kernel interrupt; all hold tensors and plain values only (``weights_only=True``);
+  **exact resume**: a run interrupted mid-epoch and resumed ends with bit-identical weights to an uninterrupted
+  one (``tests/test_train.py``);
+* validation every ``eval_every`` steps via a user function;
 * the same code under ``torchrun`` (DDP): ``torchrun --nproc_per_node 4 -m idclab.cli train ...``. Each process
   loads ``batch_size`` samples per micro-batch, so the global batch is ``batch_size * world_size * grad_accum``.
 
@@ -37,11 +39,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from idclab import runs
 from idclab.configs import save_json, to_dict
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "load_checkpoint"]
-
-CHECKPOINT_VERSION = 1
+__all__ = ["TrainConfig", "Trainer", "TrainResult"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class TrainConfig:
     num_workers: int = 0
     log_every: int = 10  # steps between history entries
     eval_every: int | None = None  # steps between validations (None: only at the end)
-    ckpt_every: int | None = None  # steps between periodic checkpoints (None: only at the end / on interrupt)
+    ckpt_every: int | None = None  # steps between periodic resume files (None: only at the end / on interrupt)
+    ckpt_minutes: float | None = None  # also write the resume file when this many minutes passed since the last
     select_metric: str | None = None  # validation metric that picks best.pt
     select_mode: str = "max"  # "max" | "min"
     progress: bool = True  # show a tqdm bar
@@ -89,6 +91,11 @@ class TrainResult:
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
     seconds: float = 0.0
+
+    @property
+    def selected(self) -> Path | None:
+        """The checkpoint this stage hands on: the one chosen on validation, else the final weights."""
+        return self.best_checkpoint or self.last_checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -121,7 +128,11 @@ def _batches_per_epoch(n: int, batch_size: int, world: int) -> int:
 
 
 def _rng_state() -> dict:
-    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    """Every RNG state as tensors and plain values (checkpoints load with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = dict(python=random.getstate(), torch=torch.get_rng_state(),
+                 numpy=dict(name=name, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                            has_gauss=int(has_gauss), gauss=float(gauss)))
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -129,7 +140,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -166,12 +178,13 @@ class Trainer:
         loss_fn: ``(model, batch) -> loss`` or ``(loss, {name: value})``.
         train_data: a map-style dataset whose items are deterministic per index.
         config: :class:`TrainConfig`.
-        out_dir: where ``last.pt``, ``best.pt`` and ``config.json`` go (``None``: keep nothing on disk).
+        out_dir: where ``best.pt``, ``last.pt``, ``resume.pt`` and ``config.json`` go (``None``: keep nothing).
         collate_fn: for the DataLoader.
         val_fn: ``(model) -> {metric: float}`` on a validation split; runs every ``eval_every`` steps and at the end.
         param_groups: optimiser parameter groups (e.g. a smaller learning rate for CLIP); default: weight decay on
             matrices only, none on biases, norms, embeddings and scalars.
-        extra: JSON-able dict saved with checkpoints (the model and data configs), returned by :func:`load_checkpoint`.
+        header: the checkpoint header (:func:`idclab.runs.make_header`: method, stage, config, architecture),
+            written at the top of every checkpoint.
         on_step: ``(step, logs)`` called after each optimiser step (live plots, early stopping by raising).
     """
 
@@ -186,7 +199,7 @@ class Trainer:
         collate_fn: Callable | None = None,
         val_fn: Callable[[torch.nn.Module], dict] | None = None,
         param_groups: list[dict] | None = None,
-        extra: dict | None = None,
+        header: dict | None = None,
         on_step: Callable[[int, dict], None] | None = None,
         device: str | torch.device | None = None,
     ):
@@ -197,19 +210,21 @@ class Trainer:
         self.train_data = train_data
         self.collate_fn = collate_fn
         self.val_fn = val_fn
-        self.extra = extra or {}
+        self.header = header or runs.make_header("custom", "train", {}, {})
         self.on_step = on_step
 
         self.rank, self.world, local_rank = _init_distributed()
         if device is None:
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # under torchrun: this process's own GPU
+            self.device = torch.device("cuda", local_rank)
         if self.world > 1 and self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if _batches_per_epoch(len(train_data), config.batch_size, self.world) < 1:
             raise ValueError(
                 f"The dataset ({len(train_data)} items) is smaller than one global micro-batch "
-                f"({config.batch_size} x {self.world} processes); lower batch_size."
+                f"({config.batch_size} x {self.world} processes); lower the batch size (--batch-size)."
             )
 
         _seed_everything(config.seed)
@@ -232,14 +247,16 @@ class Trainer:
         self.best_value: float | None = None
         self.result = TrainResult()
         self._rng_at_step = _rng_state()
+        self._saved_at = time.time()
 
     # -- public ------------------------------------------------------------------------------------------------------
 
-    def fit(self, *, resume: str | Path | None = None) -> TrainResult:
-        """Train to ``max_steps``. ``resume``: a checkpoint path, or ``"auto"`` for ``out_dir/last.pt`` if it exists."""
-        if resume == "auto":
-            resume = self.out_dir / "last.pt" if self.out_dir and (self.out_dir / "last.pt").exists() else None
-        if resume is not None:
+    def fit(self, *, resume: bool | str | Path = False) -> TrainResult:
+        """Train to ``max_steps``. ``resume``: True continues from ``out_dir/resume.pt`` if it exists (a stage that
+        never started starts fresh), or a path to a resume file."""
+        if resume is True or resume == "auto":
+            resume = self.out_dir / "resume.pt" if self.out_dir and (self.out_dir / "resume.pt").exists() else None
+        if resume:
             self._load(Path(resume))
         if self.out_dir is not None and self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,18 +268,21 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 self._run_epoch(bar)
+            # The trained weights are safe before the end-of-run validation (which may fail: no Java, Ctrl-C).
+            self._save_resume(self._rng_at_step)
         except KeyboardInterrupt:
             if self.out_dir is not None:
-                self._save(self.out_dir / "last.pt", rng=self._rng_at_step)
-                bar.write(f"Interrupted at step {self.step}; saved {self.out_dir / 'last.pt'}. Resume with "
-                          "resume='auto'.")
+                self._save_resume(self._rng_at_step)
+                bar.write(f"Interrupted at step {self.step}; saved {self.out_dir / 'resume.pt'}. Continue with "
+                          "--resume (Python: resume=True).")
             raise
         finally:
             bar.close()
         if self.val_fn is not None and (not self.result.val_history or self.result.val_history[-1]["step"] != self.step):
             self._validate()
         if self.out_dir is not None:
-            self.result.last_checkpoint = self._save(self.out_dir / "last.pt", rng=_rng_state())
+            self.result.last_checkpoint = self._save_weights(self.out_dir / "last.pt", selection=None)
+            self._save_resume(_rng_state())
         self.result.seconds += time.time() - start_time
         return self.result
 
@@ -327,8 +347,11 @@ class Trainer:
             self.result.history.append({"step": self.step, "epoch": self.epoch, **logs})
         if self.val_fn is not None and cfg.eval_every and self.step % cfg.eval_every == 0:
             self._validate()
-        if self.out_dir is not None and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-            self._save(self.out_dir / "last.pt", rng=self._rng_at_step)
+        due = cfg.ckpt_every and self.step % cfg.ckpt_every == 0
+        if cfg.ckpt_minutes and time.time() - self._saved_at >= 60 * cfg.ckpt_minutes:
+            due = True
+        if due:
+            self._save_resume(self._rng_at_step)
         if self.on_step is not None:
             self.on_step(self.step, logs)
 
@@ -352,39 +375,46 @@ class Trainer:
             self.best_value = value
             self.result.best = entry
             if self.out_dir is not None:
-                self.result.best_checkpoint = self._save(self.out_dir / "best.pt", rng=self._rng_at_step)
+                self.result.best_checkpoint = self._save_weights(self.out_dir / "best.pt", selection=entry)
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
 
     def _config_record(self) -> dict:
-        return dict(train=to_dict(self.config), extra=self.extra, world_size=self.world)
+        return dict(train=to_dict(self.config), header=self.header, world_size=self.world)
 
-    def _save(self, path: Path, *, rng: dict) -> Path:
+    def _save_weights(self, path: Path, *, selection: dict | None) -> Path:
+        """A weights-only checkpoint (``best.pt`` / ``last.pt``): header, model, the validation entry that chose it."""
         if self.rank == 0:
-            state = dict(
-                version=CHECKPOINT_VERSION,
-                model=self.model.state_dict(),
-                optimizer=self.optimizer.state_dict(),
-                scheduler=self.scheduler.state_dict(),
-                scaler=self.scaler.state_dict(),
-                rng=rng,
-                position=dict(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch),
-                best_value=self.best_value,
-                result=dict(history=self.result.history, val_history=self.result.val_history, best=self.result.best),
-                **self._config_record(),
-            )
-            tmp = path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, path)  # atomic: an interrupt during the write never leaves a broken checkpoint
+            runs.save(path, dict(header=self.header, model=_cpu_state(self.model), selection=selection,
+                                 step=self.step))
         if self.world > 1:
             dist.barrier()
         return path
 
+    def _save_resume(self, rng: dict) -> None:
+        """``resume.pt``: everything exact resume needs (weights, optimiser, scheduler, scaler, RNG, data position)."""
+        if self.out_dir is None:
+            return
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            runs.save(self.out_dir / "resume.pt", dict(
+                header=self.header, model=_cpu_state(self.model), optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rng,
+                position=dict(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch),
+                best_value=self.best_value,
+                result=dict(history=self.result.history, val_history=self.result.val_history, best=self.result.best),
+                train=to_dict(self.config), world_size=self.world))
+        self._saved_at = time.time()
+        if self.world > 1:
+            dist.barrier()
+
     def _load(self, path: Path) -> None:
-        state = load_checkpoint(path)
+        state = runs.read(path)
+        if "optimizer" not in state:
+            raise ValueError(f"{path} holds weights only; resume from the run's resume.pt (pass --resume).")
         saved = state["train"]
         mine = to_dict(self.config)
-        ignore = {"max_steps", "progress", "eval_every", "ckpt_every", "log_every", "num_workers"}
+        ignore = {"max_steps", "progress", "eval_every", "ckpt_every", "ckpt_minutes", "log_every", "num_workers"}
         diff = {k for k in mine if k not in ignore and saved.get(k) != mine[k]}
         if diff:
             raise ValueError(
@@ -404,21 +434,14 @@ class Trainer:
         self.result.history = list(state["result"]["history"])
         self.result.val_history = list(state["result"]["val_history"])
         self.result.best = state["result"]["best"]
+        if self.result.best is not None and (path.parent / "best.pt").is_file():
+            self.result.best_checkpoint = path.parent / "best.pt"  # chosen by the process that validated it
         _set_rng_state(state["rng"])
         self._rng_at_step = state["rng"]
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
-    """Read an idclab checkpoint (``last.pt`` / ``best.pt``) with a clear error for anything else."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(state, dict) or "version" not in state or "model" not in state:
-        raise ValueError(f"{path} is not an idclab checkpoint (no version/model entries).")
-    if state["version"] > CHECKPOINT_VERSION:
-        raise ValueError(f"{path} was written by a newer idclab (checkpoint version {state['version']}); upgrade idclab.")
-    return state
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -455,8 +478,8 @@ def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
 def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "auto":  # bf16 only where the hardware has it (Ampere and newer): emulated bf16 is slow
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     if device.type != "cuda" and precision == "fp16":
         raise ValueError("fp16 autocast needs a CUDA device; use precision='fp32' or 'bf16' on the CPU.")
     return torch.bfloat16 if precision == "bf16" else torch.float16

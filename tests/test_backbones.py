@@ -419,11 +419,7 @@ OPEN_CLIP_ATTRIBUTES = {"visual", "transformer", "resblocks", "class_embedding",
 # backbones.clip_dims(...).).
 NOT_OPEN_CLIP = {"self", "cfg", "config", "backbones", "dims"}
 # Reads that remain outside backbones.py, each with why. Keyed by (file, function).
-KNOWN_LEAKS = {
-    ("idclab/models/clip4idc.py", "CLIP4IDC.model_config"): "checkpoint header, being rewritten with the run lifecycle",
-    ("idclab/shapes_clip.py", "train"): "training entry point, being rewritten with the run lifecycle",
-    ("idclab/shapes_clip.py", "export_shapes_clip"): "checkpoint export, being rewritten with the run lifecycle",
-}
+KNOWN_LEAKS: dict[tuple[str, str], str] = {}
 
 
 class _OpenClipReads(ast.NodeVisitor):

@@ -4,7 +4,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from idclab.train import ResumableSampler, Trainer, TrainConfig, load_checkpoint
+from idclab import runs
+from idclab.train import ResumableSampler, Trainer, TrainConfig, _amp_dtype
+
+load_checkpoint = runs.read
 
 
 class Regression(Dataset):
@@ -74,8 +77,9 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, where):
     fn = mse if where == "after_step" else loss_that_stops
     with pytest.raises(KeyboardInterrupt):
         Trainer(make_model(), fn, data, config=CFG, out_dir=tmp_path / "cut", **kwargs).fit()
-    saved = load_checkpoint(tmp_path / "cut" / "last.pt")
+    saved = load_checkpoint(tmp_path / "cut" / "resume.pt")
     assert saved["position"]["step"] == 8
+    assert not (tmp_path / "cut" / "last.pt").exists()  # the final weights do not exist yet
 
     # ... and resumed in a fresh trainer with a freshly initialised (different) model and other global RNG state.
     torch.manual_seed(999)
@@ -98,8 +102,35 @@ def test_best_checkpoint_is_chosen_on_validation(tmp_path):
     result = Trainer(make_model(), mse, data, config=cfg, out_dir=tmp_path, val_fn=val_fn).fit()
     assert [v["step"] for v in result.val_history] == [2, 4, 6, 8]
     assert result.best == {"step": 4, "score": 0.9}
-    assert load_checkpoint(result.best_checkpoint)["position"]["step"] == 4
+    best = load_checkpoint(result.best_checkpoint)
+    assert best["step"] == 4 and best["selection"] == {"step": 4, "score": 0.9}
+    assert "optimizer" not in best  # weights only; the optimiser lives in resume.pt
+    assert "optimizer" in load_checkpoint(tmp_path / "resume.pt")
     assert (tmp_path / "config.json").exists()
+
+    # A fresh process that resumes the finished run still knows which checkpoint validation chose.
+    again = Trainer(make_model(), mse, data, config=cfg, out_dir=tmp_path, val_fn=val_fn).fit(resume=True)
+    assert again.best_checkpoint == tmp_path / "best.pt" and again.selected == tmp_path / "best.pt"
+
+
+def test_resume_file_is_written_before_the_final_validation(tmp_path):
+    def failing_val(model):
+        raise RuntimeError("no Java")
+
+    cfg = TrainConfig(max_steps=4, batch_size=8, lr=1e-2, select_metric="score", progress=False)
+    with pytest.raises(RuntimeError, match="no Java"):
+        Trainer(make_model(), mse, Regression(), config=cfg, out_dir=tmp_path, val_fn=failing_val).fit()
+    assert load_checkpoint(tmp_path / "resume.pt")["position"]["step"] == 4  # the trained weights survived
+
+
+def test_periodic_resume_file_by_time(tmp_path, monkeypatch):
+    cfg = TrainConfig(max_steps=3, batch_size=8, lr=1e-2, ckpt_minutes=1.0, progress=False)
+    trainer = Trainer(make_model(), mse, Regression(), config=cfg, out_dir=tmp_path)
+    trainer._saved_at -= 120  # two minutes have passed since the last save
+    steps = []
+    trainer.on_step = lambda step, logs: steps.append(load_checkpoint(tmp_path / "resume.pt")["position"]["step"])
+    trainer.fit()
+    assert steps[0] == 1  # saved right after the first step
 
 
 def test_validation_does_not_disturb_training_randomness():
@@ -140,6 +171,38 @@ def test_bad_configs_and_inputs():
         load_checkpoint(path)
 
 
+class Payload:
+    """Unpickling this runs code: what a crafted checkpoint would do."""
+
+    def __reduce__(self):
+        return (open, ("/tmp/idclab_payload_ran", "w"))
+
+
+def test_crafted_pickle_is_refused_without_running_it(tmp_path):
+    import os
+
+    path = tmp_path / "evil.pt"
+    torch.save({"header": {"format": 2}, "model": {}, "payload": Payload()}, path)
+    if os.path.exists("/tmp/idclab_payload_ran"):
+        os.remove("/tmp/idclab_payload_ran")
+    with pytest.raises(runs.UnsafeCheckpointError, match="refuses it"):
+        load_checkpoint(path)
+    assert not os.path.exists("/tmp/idclab_payload_ran")
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_auto_precision_uses_bf16_only_where_the_hardware_has_it(monkeypatch):
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # counts emulation: must not matter
+    for capability, expected in [((7, 5), torch.float16), ((7, 0), torch.float16), ((8, 0), torch.bfloat16),
+                                 ((9, 0), torch.bfloat16)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert _amp_dtype("auto", cuda) == expected, capability
+    assert _amp_dtype("auto", torch.device("cpu")) is None
+
+
 def test_sampler_shards_and_resumes():
     full = ResumableSampler(20, seed=1, epoch=0, batch_size=3).indices
     assert len(full) == 18 and len(set(full)) == 18
@@ -166,5 +229,5 @@ def test_ddp_two_cpu_processes(tmp_path):
     for key in r0["model"]:
         assert torch.equal(r0["model"][key], r1["model"][key]), f"ranks diverged at {key}"
     assert r0["history"][-1]["loss"] < 0.5 * r0["history"][0]["loss"]
-    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    saved = load_checkpoint(tmp_path / "run" / "resume.pt")
     assert saved["world_size"] == 2 and saved["position"]["step"] == CFG.max_steps

@@ -613,11 +613,11 @@ class CLIP4IDC(nn.Module):
 
     def model_config(self) -> dict:
         """JSON-able architecture record; store it next to checkpoints and check it with :func:`check_compatible`."""
-        clip = self.clip
-        encoder = dict(backbone=backbones.model_config(clip)["name"], embed_dim=int(clip.text_projection.shape[1]),
-                       width=int(clip.visual.class_embedding.shape[-1]), image_size=backbones.image_size(clip),
-                       blocks=len(clip.visual.transformer.resblocks), tokens_per_image=self.encoder.n_tokens,
-                       intra_layers=self.encoder.intra_layers, context_length=int(clip.context_length))
+        dims = backbones.clip_dims(self.clip)
+        encoder = dict(backbone=backbones.model_config(self.clip)["name"], embed_dim=dims.embed_dim,
+                       width=dims.vision_width, image_size=dims.image_size, blocks=dims.vision_blocks,
+                       tokens_per_image=self.encoder.n_tokens, intra_layers=self.encoder.intra_layers,
+                       context_length=dims.context_length)
         d = self.cfg.decoder
         decoder = None if self.captioner is None else dict(layers=d.layers, width=d.width, heads=d.heads, ffn=d.ffn,
                                                            max_tokens=d.max_tokens)
