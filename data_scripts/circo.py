@@ -3,14 +3,13 @@
     python data_scripts/circo.py download --root DIR [--archive unlabeled2017.zip] [--skip-images] [--keep-archive]
     python data_scripts/circo.py verify   --root DIR [--split all|val|test] [--update]
 
-DIR is the ``CIRCO`` folder. Sources. The URLs below are constructed from the reference notes and are **unverified
-offline** (written without network access; tested on small trees of the same layout only; branch ``main``
-unverified)::
+DIR is the ``CIRCO`` folder. Sources (branch ``main`` of the CIRCO repository; the steps are tested on small trees
+of the same layout)::
 
     https://raw.githubusercontent.com/miccunifi/CIRCO/main/annotations/{val,test}.json   -> DIR/annotations/
     http://images.cocodataset.org/annotations/image_info_unlabeled2017.zip
         -> DIR/COCO2017_unlabeled/annotations/image_info_unlabeled2017.json
-    http://images.cocodataset.org/zips/unlabeled2017.zip   (about 19 GB [unverified])
+    http://images.cocodataset.org/zips/unlabeled2017.zip   (about 19 GB)
         -> DIR/COCO2017_unlabeled/unlabeled2017/<12-digit id>.jpg
 
 Downloads resume with HTTP Range after an interruption. No checksums are published: the sha256 of each download is
@@ -27,8 +26,6 @@ is "about 123k" images, not compared) and records the query ids in the manifest.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -43,7 +40,7 @@ IMAGES_URL = "http://images.cocodataset.org/zips/unlabeled2017.zip"
 TERMS = dict(
     paper="Baldrati, Agnolucci, Bertini, Del Bimbo. Zero-Shot Composed Image Retrieval with Textual Inversion. "
           "ICCV 2023.",
-    sources=["annotations: " + ANNOTATION_URL.format(split="{val,test}") + "  [unverified offline]",
+    sources=["annotations: " + ANNOTATION_URL.format(split="{val,test}"),
              f"gallery: {IMAGES_URL} and {IMAGE_INFO_URL} (COCO 2017 unlabeled)"],
     terms="CIRCO annotations CC BY-NC 4.0; COCO images under their Flickr licences. Research use; cite the paper; "
           "do not re-host.",
@@ -71,11 +68,7 @@ def cmd_download(args) -> int:
               f"  python data_scripts/circo.py verify --root {root}")
         return 0
     if args.archive is not None:
-        if not args.archive.is_file():
-            raise SystemExit(f"--archive {args.archive} does not exist.")
-        archive = args.archive
-        _common.record_download(root, DATASET, archive.name, dict(
-            url=IMAGES_URL, bytes=archive.stat().st_size, sha256=_common.file_hash(archive), checksum="not published"))
+        archive = _common.given_archive(root, DATASET, args.archive, url=IMAGES_URL)
     else:
         archive = _fetch(root, IMAGES_URL)
     _extract_into(root, archive, keep=lambda name: name.lower().endswith(".jpg"), dest=root / circo.IMAGE_DIR,
@@ -93,84 +86,49 @@ def _fetch(root: Path, url: str) -> Path:
 
 def _extract_into(root: Path, archive: Path, *, keep, dest: Path, what: str, keep_archive: bool) -> None:
     """Extract ``archive`` and move the files ``keep`` accepts (by name), flattened, into ``dest``."""
-    tmp = root / "_extract"
-    if tmp.exists():  # an interrupted extraction: start it again
-        shutil.rmtree(tmp)
-    print(f"  extracting {archive} ...", file=sys.stderr)
-    _common.extract(archive, tmp)
-    dest.mkdir(parents=True, exist_ok=True)
-    found = [p for p in sorted(tmp.rglob("*")) if p.is_file() and keep(p.name) and not p.name.startswith("._")]
-    if not found:
-        raise RuntimeError(f"{archive} holds no {what}: it is not the expected COCO archive. Delete it and re-run.")
-    for p in found:
-        target = dest / p.name
-        if target.exists() and _common.file_hash(target) != _common.file_hash(p):
-            raise RuntimeError(f"{target} exists and differs from {p.name} in {archive.name}; move it away and "
+    with _common.unpacked(archive, root) as tree:
+        if not any(p.is_file() and keep(p.name) and not p.name.startswith("._") for p in tree.rglob("*")):
+            raise RuntimeError(f"{archive} holds no {what}: it is not the expected COCO archive. Delete it and "
                                f"re-run.")
-        shutil.move(str(p), str(target))
-    shutil.rmtree(tmp)
+        _common.move_images(tree, dest, keep=keep, suffixes=None)
     if not keep_archive:
         archive.unlink()
 
 
 def cmd_verify(args) -> int:
-    root: Path = args.root
-    if not root.is_dir():
-        print(f"ERROR: {root} does not exist. Download the data with\n  {circo.DOWNLOAD_COMMAND.format(root=root)}")
+    v = _common.Verify.start(args, DATASET, circo.DOWNLOAD_COMMAND)
+    if v is None:
         return 1
-    splits = list(circo.SPLITS) if args.split == "all" else [args.split]
-    report = root / "verify_missing.txt"
-    if report.exists():
-        report.unlink()
-    manifest = _common.read_manifest(root, DATASET)
-    problems, warnings_, entries = [], [], {}
-    try:
-        files = circo.read_image_info(root)  # {id: file name}
-    except (FileNotFoundError, ValueError) as e:
-        print(f"ERROR: {e}")
-        return 1
-    missing = circo.missing_images(root, files)
+    files = v.read("gallery", circo.read_image_info, v.root)  # {id: file name}
+    if files is None:
+        return v.finish()
+    missing = circo.missing_images(v.root, files)
     print(f"gallery: {len(files):,} images in {circo.IMAGE_INFO.name}, {len(missing):,} missing")
-    if missing:
-        _common.report_missing(root, "gallery", [root / circo.IMAGE_DIR / files[i] for i in missing], report)
-        problems.append(f"MISSING gallery: {len(missing)} of {len(files)} images (listed above)")
-    for split in splits:
-        try:
-            queries = circo.read_queries(root, split)
-        except (FileNotFoundError, ValueError) as e:
-            problems.append(f"ERROR {split}: {e}")
+    v.missing("gallery", [v.root / circo.IMAGE_DIR / files[i] for i in missing], len(files), "images")
+    for split in v.splits(circo.SPLITS):
+        queries = v.read(split, circo.read_queries, v.root, split)
+        if queries is None:
             continue
         n_gt = sum(len(q.gt) for q in queries)
         per_query = f"{n_gt / len(queries):.2f} ground truths per query" if n_gt else "ground truths hidden"
         print(f"{split}: {len(queries):,} queries, {per_query}")
         absent = circo.not_in_gallery(queries, files)
         if absent:
-            problems.append(f"NOT IN GALLERY {split}: {len(absent)} reference / ground-truth ids: "
-                            f"{absent[:10]}{' ...' if len(absent) > 10 else ''}")
-        w = _common.compare_count(f"{split} queries", len(queries), circo.EXPECTED_QUERIES[split],
-                                  source="counted from miccunifi/CIRCO")
-        warnings_ += [w] if w else []
-        ids = [q.id for q in queries]
-        if not args.update:
-            problems += _common.check_ids(manifest, split, ids)
-        entries[split] = dict(pairs=len(queries), ground_truths=n_gt, gallery=len(files), ids=ids)
-    return _common.finish_verify(root, DATASET, entries, problems=problems, warnings_=warnings_, update=args.update)
+            v.problem(f"NOT IN GALLERY {split}: {len(absent)} reference / ground-truth ids: "
+                      f"{absent[:10]}{' ...' if len(absent) > 10 else ''}")
+        v.count(f"{split} queries", len(queries), circo.EXPECTED_QUERIES[split], source="counted from miccunifi/CIRCO")
+        v.record(split, dict(pairs=len(queries), ground_truths=n_gt, gallery=len(files), ids=[q.id for q in queries]))
+    return v.finish()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python data_scripts/circo.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("download", help="fetch the annotations (GitHub) and COCO unlabeled2017 (cocodataset.org)")
-    d.add_argument("--root", type=Path, required=True, help="the CIRCO folder")
-    d.add_argument("--archive", type=Path, default=None, help="use this already downloaded unlabeled2017.zip")
+def build_parser():
+    parser, sub = _common.script_parser("circo.py", __doc__)
+    d = _common.add_download(sub, cmd_download, root_help="the CIRCO folder",
+                             help="fetch the annotations (GitHub) and COCO unlabeled2017 (cocodataset.org)",
+                             archive_help="use this already downloaded unlabeled2017.zip")
     d.add_argument("--skip-images", action="store_true", help="fetch the annotations and the image list only")
-    d.add_argument("--keep-archive", action="store_true", help="keep the downloaded zips after extraction")
-    d.set_defaults(func=cmd_download)
-    v = sub.add_parser("verify", help="list missing images by id, check counts, write / check the manifest")
-    v.add_argument("--root", type=Path, required=True)
-    v.add_argument("--split", choices=("all",) + circo.SPLITS, default="all")
-    v.add_argument("--update", action="store_true", help="rewrite the manifest's ids instead of comparing them")
-    v.set_defaults(func=cmd_verify)
+    _common.add_verify(sub, cmd_verify, circo.SPLITS, help="list missing images by id, check counts, write / check "
+                                                           "the manifest")
     return parser
 
 

@@ -3,8 +3,8 @@
     python data_scripts/cirr.py download --root DIR
     python data_scripts/cirr.py verify   --root DIR [--split all|train|val|test1] [--update]
 
-DIR is the ``cirr_dataset`` folder. Sources. The URLs below are constructed from the reference notes and are
-**unverified offline** (written without network access; tested on small trees of the same layout only)::
+DIR is the ``cirr_dataset`` folder. Sources (branch ``cirr_dataset`` of the CIRR repository; the steps are tested on
+small trees of the same layout)::
 
     https://raw.githubusercontent.com/Cuberick-Orion/CIRR/cirr_dataset/captions/cap.rc2.{train,val,test1}.json
     https://raw.githubusercontent.com/Cuberick-Orion/CIRR/cirr_dataset/image_splits/split.rc2.{train,val,test1}.json
@@ -27,7 +27,6 @@ also verifies a Shapes export (``idclab shapes export --task cir``), against the
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -42,7 +41,7 @@ REPO_URL = "https://raw.githubusercontent.com/Cuberick-Orion/CIRR/cirr_dataset/{
 TERMS = dict(
     paper="Liu, Rodriguez-Opazo, Teney, Gould. Image Retrieval on Real-life Images with Pre-trained "
           "Vision-and-Language Models. ICCV 2021.",
-    sources=["annotations: " + REPO_URL.format(path="{captions,image_splits}/...") + "  [unverified offline]",
+    sources=["annotations: " + REPO_URL.format(path="{captions,image_splits}/..."),
              "images: NLVR2 raw images, by request only (github.com/lil-lab/nlvr, nlvr2/)"],
     terms="annotations MIT; images not licensed by CIRR (NLVR2's terms apply). Research use; cite the paper; do "
           "not re-host.",
@@ -67,12 +66,10 @@ def cmd_download(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    root: Path = args.root
-    if not root.is_dir():
-        print(f"ERROR: {root} does not exist. Download the annotations with\n  "
-              f"{cirr.DOWNLOAD_COMMAND.format(root=root)}")
+    v = _common.Verify.start(args, DATASET, cirr.DOWNLOAD_COMMAND)
+    if v is None:
         return 1
-    meta_path = root / cirr.SHAPES_META
+    meta_path = v.root / cirr.SHAPES_META
     shapes_meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     if args.split != "all":
         splits = [cirr.canonical_split(args.split)]
@@ -80,58 +77,39 @@ def cmd_verify(args) -> int:
         splits = [shapes.CIRR_SPLIT[s] for s in shapes.SPLITS if s in shapes_meta.get("counts", {})]
     else:
         splits = list(cirr.SPLITS)
-    report = root / "verify_missing.txt"
-    if report.exists():
-        report.unlink()
-    manifest = _common.read_manifest(root, DATASET)
-    problems, warnings_, entries = [], [], {}
+    if not splits:
+        v.problem(f"ERROR: {meta_path} lists no split.")
     for split in splits:
-        try:
-            paths, queries = cirr.read_image_split(root, split), cirr.read_queries(root, split)
-        except (FileNotFoundError, ValueError) as e:
-            problems.append(f"ERROR {split}: {e}")
+        read = v.read(split, lambda: (cirr.read_image_split(v.root, split), cirr.read_queries(v.root, split)))
+        if read is None:
             continue
+        paths, queries = read
         hidden = sum(1 for q in queries if q.target is None)
         print(f"{split}: {len(queries):,} queries ({hidden:,} with hidden targets), {len(paths):,} images")
         absent = cirr.not_in_gallery(queries, paths)
         if absent:
-            problems.append(f"NOT IN SPLIT FILE {split}: {len(absent)} names used by queries: "
-                            f"{absent[:10]}{' ...' if len(absent) > 10 else ''}")
-        missing = cirr.missing_files([paths[n] for n in sorted(paths)])
-        if missing:
-            _common.report_missing(root, split, missing, report)
-            problems.append(f"MISSING {split}: {len(missing)} of {len(paths)} image files (listed above)")
+            v.problem(f"NOT IN SPLIT FILE {split}: {len(absent)} names used by queries: "
+                      f"{absent[:10]}{' ...' if len(absent) > 10 else ''}")
+        v.missing(split, cirr.missing_files([paths[n] for n in sorted(paths)]), len(paths))
         if shapes_meta is not None:
-            shapes_split = {v: k for k, v in shapes.CIRR_SPLIT.items()}[split]
-            w = _common.compare_count(f"{split} queries", len(queries), shapes_meta["counts"].get(shapes_split),
-                                      source="shapes_meta.json")
-            warnings_ += [w] if w else []
+            shapes_split = {c: s for s, c in shapes.CIRR_SPLIT.items()}[split]
+            v.count(f"{split} queries", len(queries), shapes_meta["counts"].get(shapes_split),
+                    source="shapes_meta.json")
         else:
-            for what, observed, expected in (("queries", len(queries), cirr.EXPECTED_QUERIES[split]),
-                                             ("images", len(paths), cirr.EXPECTED_IMAGES[split])):
-                w = _common.compare_count(f"{split} {what}", observed, expected,
-                                          source="counted from Cuberick-Orion/CIRR (train queries unverified)")
-                warnings_ += [w] if w else []
-        ids = [str(q.pairid) for q in queries]
-        if not args.update:
-            problems += _common.check_ids(manifest, split, ids)
-        entries[split] = dict(pairs=len(queries), images=len(paths), hidden_targets=hidden, ids=ids)
-    if not splits:
-        problems.append(f"ERROR: {meta_path} lists no split.")
-    return _common.finish_verify(root, DATASET, entries, problems=problems, warnings_=warnings_, update=args.update)
+            source = "counted from Cuberick-Orion/CIRR (train queries unverified)"
+            v.count(f"{split} queries", len(queries), cirr.EXPECTED_QUERIES[split], source=source)
+            v.count(f"{split} images", len(paths), cirr.EXPECTED_IMAGES[split], source=source)
+        v.record(split, dict(pairs=len(queries), images=len(paths), hidden_targets=hidden,
+                             ids=[str(q.pairid) for q in queries]))
+    return v.finish()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python data_scripts/cirr.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("download", help="fetch the annotations (GitHub) and print the manual NLVR2 image step")
-    d.add_argument("--root", type=Path, required=True, help="the cirr_dataset folder")
-    d.set_defaults(func=cmd_download)
-    v = sub.add_parser("verify", help="list missing images, check counts, write / check the manifest")
-    v.add_argument("--root", type=Path, required=True)
-    v.add_argument("--split", choices=("all",) + cirr.SPLITS + tuple(cirr.SPLIT_ALIASES), default="all")
-    v.add_argument("--update", action="store_true", help="rewrite the manifest's ids instead of comparing them")
-    v.set_defaults(func=cmd_verify)
+def build_parser():
+    parser, sub = _common.script_parser("cirr.py", __doc__)
+    _common.add_download(sub, cmd_download, keep_archive=False, root_help="the cirr_dataset folder",
+                         help="fetch the annotations (GitHub) and print the manual NLVR2 image step")
+    _common.add_verify(sub, cmd_verify, cirr.SPLITS + tuple(cirr.SPLIT_ALIASES),
+                       help="list missing images, check counts, write / check the manifest")
     return parser
 
 

@@ -9,8 +9,8 @@
 
 Sources (the COCO site publishes no checksum: the sha256 of each zip is recorded in DIR/idclab_manifest.json):
 
-* ``http://images.cocodataset.org/zips/val2017.zip`` (about 1 GB [unverified]) -> DIR/val2017/<id:012d>.jpg
-* ``http://images.cocodataset.org/annotations/annotations_trainval2017.zip`` (about 250 MB [unverified]) ->
+* ``http://images.cocodataset.org/zips/val2017.zip`` (about 1 GB) -> DIR/val2017/<id:012d>.jpg
+* ``http://images.cocodataset.org/annotations/annotations_trainval2017.zip`` (about 250 MB) ->
   DIR/annotations/ (only ``instances_val2017.json`` is read)
 
 Downloads are resumable (an interrupted run continues). Terms: COCO annotations CC BY 4.0 (COCO terms of use); each
@@ -20,14 +20,12 @@ image keeps its Flickr licence. Do not re-host.
 masked images DIR/val2017_masked/<id:012d>.png and DIR/coco_eval.csv, whose first line records the prep version,
 seed and bounds. ``--pixel-lower-bound`` reproduces Pic2Word's lower bound in pixels (its bug) instead of a fraction.
 ``verify`` lists missing full and masked images, compares the image count with COCO's 5,000, prints the prep header,
-and records the query ids in the manifest (later runs report changes). These steps were written without network
-access and are tested on small trees of the same layout.
+and records the query ids in the manifest (later runs report changes). These steps are tested on small trees of the
+same layout.
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -48,32 +46,15 @@ TERMS = dict(
 
 
 def _fetch(root: Path, url: str, folder: str, given: Path | None, keep: bool) -> None:
-    """Download (or take ``given``) one zip, extract it and move its ``folder`` into root."""
+    """Download (or take ``given``) one zip, extract it and merge its ``folder`` into root."""
     name = url.rsplit("/", 1)[-1]
     if given is not None:
-        if not given.is_file():
-            raise SystemExit(f"{given} does not exist.")
-        archive = given
-        info = dict(url=url, bytes=given.stat().st_size, sha256=_common.file_hash(given), checksum="not published")
-        print(f"  checksum not published for {name}; recording its sha256 in the manifest", file=sys.stderr)
+        archive = _common.given_archive(root, DATASET, given, url=url, name=name)
     else:
         archive = root / "_downloads" / name
-        info = _common.download(url, archive)
-    _common.record_download(root, DATASET, name, info)
-    tmp = root / "_extract"
-    if tmp.exists():  # an interrupted extraction: start it again
-        shutil.rmtree(tmp)
-    print(f"  extracting {archive} ...", file=sys.stderr)
-    _common.extract(archive, tmp)
-    found = sorted((p for p in tmp.rglob(folder) if p.is_dir()), key=lambda p: len(p.parts))
-    if not found:
-        raise SystemExit(f"{archive} has no {folder}/ folder: it is not COCO's {name}.")
-    target = root / folder
-    target.mkdir(parents=True, exist_ok=True)
-    for child in sorted(found[0].iterdir()):  # merged: files already in target are kept, never overwritten
-        if not (target / child.name).exists():
-            shutil.move(str(child), str(target / child.name))
-    shutil.rmtree(tmp)
+        _common.record_download(root, DATASET, name, _common.download(url, archive))
+    with _common.unpacked(archive, root) as tree:
+        _common.merge_folder(_common.find_folder(tree, folder, archive, f"COCO's {name}"), root / folder)
     if given is None and not keep:
         archive.unlink()
 
@@ -106,69 +87,41 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    root: Path = args.root
-    if not root.is_dir():
-        print(f"ERROR: {root} does not exist. Download the data with\n  {cc.DOWNLOAD_COMMAND.format(root=root)}")
+    v = _common.Verify.start(args, DATASET, cc.DOWNLOAD_COMMAND)
+    if v is None:
         return 1
-    report = root / "verify_missing.txt"
-    if report.exists():
-        report.unlink()
-    problems, warnings_, ids = [], [], None
+    root = v.root
     ann_path = root / cc.ANNOTATIONS
     if not ann_path.is_file():
-        problems.append(f"MISSING {cc.ANNOTATIONS}: download it with\n  {cc.DOWNLOAD_COMMAND.format(root=root)}")
+        v.problem(f"MISSING {cc.ANNOTATIONS}: download it with\n  {cc.DOWNLOAD_COMMAND.format(root=root)}")
     else:
         images = read_json(ann_path)["images"]
         print(f"annotations: {len(images):,} val2017 images")
-        w = _common.compare_count("val2017 images", len(images), cc.EXPECTED_VAL_IMAGES, source="the COCO site [2nd]")
-        warnings_ += [w] if w else []
-        missing = [root / cc.IMAGES_DIR / im["file_name"] for im in images
-                   if not (root / cc.IMAGES_DIR / im["file_name"]).is_file()]
-        if missing:
-            _common.report_missing(root, "val2017", missing, report)
-            problems.append(f"MISSING {len(missing)} of {len(images)} val2017 images (listed above)")
+        v.count("val2017 images", len(images), cc.EXPECTED_VAL_IMAGES, source="the COCO site")
+        v.missing("val2017", [root / cc.IMAGES_DIR / im["file_name"] for im in images
+                              if not (root / cc.IMAGES_DIR / im["file_name"]).is_file()], len(images), "images")
     if not (root / cc.CSV_NAME).is_file():
-        problems.append(f"MISSING {cc.CSV_NAME}: prepare the queries with\n  {cc.PREPARE_COMMAND.format(root=root)}")
-    else:
-        try:
-            header, rows = cc.read_csv(root)
-        except ValueError as e:  # the message names the fix; reported as a problem below
-            problems.append(f"ERROR {cc.CSV_NAME}: {e}")
-        else:
-            print(f"{cc.CSV_NAME}: {len(rows):,} queries\n  {header['line']}")
-            masked = [root / cc.masked_name(r.id) for r in rows if not (root / cc.masked_name(r.id)).is_file()]
-            if masked:
-                _common.report_missing(root, "masked", masked, report)
-                problems.append(f"MISSING {len(masked)} of {len(rows)} masked images (listed above); re-run\n  "
-                                f"{cc.PREPARE_COMMAND.format(root=root)}")
-            ids = [str(r.id) for r in rows]
-    manifest = _common.read_manifest(root, DATASET)
-    if ids is not None and not args.update:
-        problems += _common.check_ids(manifest, "val2017", ids)
-    for line in warnings_ + problems:
-        print(line)
-    if problems:
-        print("FAILED (nothing was dropped or changed): download or prepare what is missing, then verify again; pass "
-              "--update to accept query ids that changed on purpose.")
-        return 1
-    if args.update or "val2017" not in manifest["splits"]:
-        manifest["splits"]["val2017"] = dict(queries=len(ids), prep=header["line"], ids=ids)
-        _common.write_manifest(root, manifest)
-    print(f"OK: {len(ids):,} queries; manifest {root / _common.MANIFEST}")
-    return 0
+        v.problem(f"MISSING {cc.CSV_NAME}: prepare the queries with\n  {cc.PREPARE_COMMAND.format(root=root)}")
+        return v.finish()
+    read = v.read(cc.CSV_NAME, cc.read_csv, root)
+    if read is None:
+        return v.finish()
+    header, rows = read
+    print(f"{cc.CSV_NAME}: {len(rows):,} queries\n  {header['line']}")
+    masked = [root / cc.masked_name(r.id) for r in rows if not (root / cc.masked_name(r.id)).is_file()]
+    v.missing("masked", masked, len(rows), f"masked images (write them with {cc.PREPARE_COMMAND.format(root=root)})")
+    v.record("val2017", dict(queries=len(rows), prep=header["line"], ids=[str(r.id) for r in rows]))
+    return v.finish(ok=f"{len(rows):,} queries")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python data_scripts/coco_composition.py",
-                                     description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("download", help="fetch val2017.zip and the 2017 annotations (resumable), extract them")
-    d.add_argument("--root", type=Path, required=True, help="Pic2Word's data/coco: val2017/ and annotations/ go here")
+def build_parser():
+    parser, sub = _common.script_parser("coco_composition.py", __doc__)
+    d = _common.add_download(sub, cmd_download, help="fetch val2017.zip and the 2017 annotations (resumable), "
+                                                     "extract them",
+                             root_help="Pic2Word's data/coco: val2017/ and annotations/ go here")
     d.add_argument("--images-archive", type=Path, default=None, help="use this already downloaded val2017.zip")
     d.add_argument("--annotations-archive", type=Path, default=None,
                    help="use this already downloaded annotations_trainval2017.zip")
-    d.add_argument("--keep-archive", action="store_true", help="keep the downloaded zips after extraction")
-    d.set_defaults(func=cmd_download)
     p = sub.add_parser("prepare", help="choose the query objects (seeded), write val2017_masked/ and coco_eval.csv")
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -177,10 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-lower-bound", action="store_true",
                    help="compare the lower bound in pixels, as Pic2Word's prepare_data.py does (its bug)")
     p.set_defaults(func=cmd_prepare)
-    v = sub.add_parser("verify", help="list missing files, check counts, write / check the manifest")
-    v.add_argument("--root", type=Path, required=True)
-    v.add_argument("--update", action="store_true", help="rewrite the manifest's ids instead of comparing them")
-    v.set_defaults(func=cmd_verify)
+    _common.add_verify(sub, cmd_verify)
     return parser
 
 

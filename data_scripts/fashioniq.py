@@ -3,8 +3,7 @@
     python data_scripts/fashioniq.py download --root DIR [--archive MIRROR.zip | --skip-images]
     python data_scripts/fashioniq.py verify   --root DIR [--split all|train|val|test] [--update]
 
-Sources. The URLs below are constructed from the reference notes and are **unverified offline** (written without
-network access; the steps are tested on small trees of the same layout only; branch ``master`` unverified):
+Sources (branch ``master`` of both repositories; the steps are tested on small trees of the same layout):
 
 * annotations, from GitHub raw (``XiaoxiaoGuo/fashion-iq``; CDLA licence)::
 
@@ -17,13 +16,14 @@ network access; the steps are tested on small trees of the same layout only; bra
       https://raw.githubusercontent.com/hongwang600/fashion-iq-metadata/master/image_url/asin2url.{cat}.txt
       (lines "ASIN <tab> URL") -> each image to DIR/images/<ASIN>.jpg
 
-  **Many of these URLs are dead** (fashion-iq issues #8, #13; SEARLE #11): failures are listed in
-  DIR/download_failed.txt and the command exits with status 1. That repository's ``broken_links/`` folder holds 13
-  of the dead images; the complete set (74,381 images) is in community mirrors: the reshares in
-  XiaoxiaoGuo/fashion-iq issue #18, a Kaggle copy "fashioniq-bit", the Hugging Face dataset ``Plachta/FashionIQ``.
-  Download a mirror's archive by hand and pass it with ``--archive``: every image in it is moved, flattened, into
-  DIR/images. A re-run fetches only the images not yet there. A dead URL that answers with an HTML page instead
-  of an error is not detected here; the loader fails on it when reading.
+  **Many of these URLs are dead** (fashion-iq issues #8, #13; SEARLE #11), and some answer with an empty (0-byte)
+  file or something that is not an image: every such image is deleted again, listed in DIR/download_failed.txt with
+  the reason, and the command exits with status 1 (a later ``verify`` lists it as missing). That repository's
+  ``broken_links/`` folder holds 13 of the dead images. Community copies exist (reshares linked from
+  XiaoxiaoGuo/fashion-iq issue #18, a Kaggle copy "fashioniq-bit", the Hugging Face dataset
+  ``Plachta/FashionIQ``), but none is known to be complete: users report mirrors with missing images. Download one
+  by hand, pass its archive with ``--archive`` (every image in it is moved, flattened, into DIR/images), then let
+  ``verify`` list what is still missing. A re-run fetches only the images not yet there.
 
 No checksums are published; the annotation files' sha256 are recorded in DIR/idclab_manifest.json.
 Terms: annotations CDLA (variant not stated); images are Amazon product photos (Amazon copyright). Research use;
@@ -31,14 +31,13 @@ cite; do not re-host.
 
 ``verify`` reads every split and category, lists every missing image by ASIN (never drops a triplet) in
 DIR/verify_missing.txt, checks that each candidate / target is in its category's gallery, prints the counts against
-the published ones (val triplets 2,017 / 2,038 / 1,961; val images 3,817 / 6,346 / 5,373; 74,381 unique ASINs over
-all splits, 77,683 split-file entries) and records the triplets and ASINs per split in the manifest.
+the published ones (val triplets 2,017 / 2,038 / 1,961, test triplets 2,024 / 2,038 / 2,056; val images
+3,817 / 6,346 / 5,373; 74,381 unique ASINs over all splits, 77,683 split-file entries) and records the triplets and
+ASINs per split in the manifest.
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -46,6 +45,7 @@ from urllib.parse import urlparse
 import _common
 
 from idclab.data import fashioniq as fiq
+from idclab.data import image_folder
 from idclab.data._common import listing
 
 DATASET = "fashioniq"
@@ -55,7 +55,7 @@ FAILED_REPORT = "download_failed.txt"
 TERMS = dict(
     paper="Wu, Gao, Guo, Al-Halah, Rennie, Grauman, Feris. Fashion IQ: A New Dataset Towards Retrieving Images by "
           "Natural Language Feedback. CVPR 2021.",
-    sources=["annotations: " + REPO_URL.format(path="{captions,image_splits}/...") + "  [unverified offline]",
+    sources=["annotations: " + REPO_URL.format(path="{captions,image_splits}/..."),
              "images: Amazon URLs from " + URL_LIST_URL.format(cat="{dress,shirt,toptee}") + " (many dead); "
              "mirrors: " + fiq.MIRRORS],
     terms="annotations CDLA (variant not stated); images are Amazon product photos (Amazon copyright). Research "
@@ -100,18 +100,9 @@ def cmd_download(args) -> int:
 
 
 def _from_archive(root: Path, archive: Path) -> int:
-    if not archive.is_file():
-        raise SystemExit(f"--archive {archive} does not exist.")
-    _common.record_download(root, DATASET, f"images:{archive.name}", dict(
-        url="a mirror (given with --archive)", bytes=archive.stat().st_size, sha256=_common.file_hash(archive),
-        checksum="not published"))
-    tmp = root / "_extract"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    print(f"  extracting {archive} ...", file=sys.stderr)
-    _common.extract(archive, tmp)
-    moved = _common.move_images(tmp, root / "images")
-    shutil.rmtree(tmp)
+    _common.given_archive(root, DATASET, archive, url="a mirror (given with --archive)", name=f"images:{archive.name}")
+    with _common.unpacked(archive, root) as tree:
+        moved = _common.move_images(tree, root / "images")
     print(f"Done: {moved} images moved into {root / 'images'}. Next:\n"
           f"  python data_scripts/fashioniq.py verify --root {root}")
     return 0
@@ -134,10 +125,18 @@ def _from_urls(root: Path) -> int:
         url = urls[asin]
         suffix = Path(urlparse(url).path).suffix.lower()
         dest = root / "images" / f"{asin}{suffix if suffix in fiq.IMAGE_SUFFIXES else '.jpg'}"
+        if dest.exists():  # not in the index, so an empty file from an earlier run: fetch it again
+            dest.unlink()
         try:
             _common.download(url, dest, quiet=True)
         except RuntimeError as e:  # a dead URL: listed below and in the report, the others go on
             failed.append((asin, url, str(e).split(". ")[0]))
+            continue
+        why = "an empty file" if dest.stat().st_size == 0 else (
+            "not a readable image" if image_folder.check_readable([dest]) else None)
+        if why is not None:  # answered, but not with an image: as missing as a dead URL
+            dest.unlink()
+            failed.append((asin, url, f"{url} answered with {why}"))
         if k % 1000 == 0:
             print(f"  {k:,} / {len(todo):,} ({len(failed):,} failed)", file=sys.stderr)
     manifest = _common.read_manifest(root, DATASET)
@@ -160,81 +159,62 @@ def _from_urls(root: Path) -> int:
 
 
 def cmd_verify(args) -> int:
-    root: Path = args.root
-    if not root.is_dir():
-        print(f"ERROR: {root} does not exist. Download the data with\n  {fiq.DOWNLOAD_COMMAND.format(root=root)}")
+    v = _common.Verify.start(args, DATASET, fiq.DOWNLOAD_COMMAND)
+    if v is None:
         return 1
-    splits = list(fiq.SPLITS) if args.split == "all" else [args.split]
-    report = root / "verify_missing.txt"
-    if report.exists():
-        report.unlink()
-    manifest = _common.read_manifest(root, DATASET)
+    root = v.root
     index = fiq.image_index(root)
-    problems, warnings_, entries = [], [], {}
     all_asins: set[str] = set()
     n_entries = 0
-    for split in splits:
-        triplets, gallery_sizes, asins, ok = {}, {}, [], True
+    source = "counted from XiaoxiaoGuo/fashion-iq"
+    for split in v.splits(fiq.SPLITS):
+        triplets, gallery_sizes, asins = {}, {}, []
         for cat in fiq.CATEGORIES:
-            try:
-                ts, gallery = fiq.read_triplets(root, split, cat), fiq.read_image_split(root, split, cat)
-            except (FileNotFoundError, ValueError) as e:
-                problems.append(f"ERROR {split} {cat}: {e}")
-                ok = False
+            read = v.read(f"{split} {cat}", lambda: (fiq.read_triplets(root, split, cat),
+                                                     fiq.read_image_split(root, split, cat)))
+            if read is None:
                 continue
+            ts, gallery = read
             outside = fiq.not_in_gallery(ts, gallery)
             if outside:
-                problems.append(f"NOT IN GALLERY {split} {cat}: {len(outside)} candidates / targets: "
-                                f"{outside[:10]}{' ...' if len(outside) > 10 else ''}")
+                v.problem(f"NOT IN GALLERY {split} {cat}: {len(outside)} candidates / targets: "
+                          f"{outside[:10]}{' ...' if len(outside) > 10 else ''}")
             triplets[cat], gallery_sizes[cat] = ts, len(gallery)
             asins += gallery + [a for t in ts for a in (t.candidate, t.target) if a is not None]
             n_entries += len(gallery)
-            for what, observed, expected in (("triplets", len(ts), fiq.EXPECTED_TRIPLETS[split][cat]),
-                                             ("images", len(gallery), fiq.EXPECTED_IMAGES[split][cat])):
-                w = _common.compare_count(f"{split} {cat} {what}", observed, expected,
-                                          source="counted from XiaoxiaoGuo/fashion-iq")
-                warnings_ += [w] if w else []
-        if not ok:
+            v.count(f"{split} {cat} triplets", len(ts), fiq.EXPECTED_TRIPLETS[split][cat], source=source)
+            v.count(f"{split} {cat} images", len(gallery), fiq.EXPECTED_IMAGES[split][cat], source=source)
+        if len(triplets) < len(fiq.CATEGORIES):  # an unreadable category (an ERROR above)
             continue
         unique = sorted(set(asins))
         all_asins.update(unique)
-        n_triplets = sum(len(v) for v in triplets.values())
-        print(f"{split}: {n_triplets:,} triplets {({c: len(v) for c, v in triplets.items()})}; gallery images "
+        n_triplets = sum(len(t) for t in triplets.values())
+        print(f"{split}: {n_triplets:,} triplets {({c: len(t) for c, t in triplets.items()})}; gallery images "
               f"{gallery_sizes}; {len(unique):,} unique ASINs")
         missing = fiq.missing_images(root, unique, index)
-        if missing:
-            _common.report_missing(root, split, [root / "images" / a for a in missing], report)
-            problems.append(f"MISSING {split}: {len(missing)} of {len(unique)} images (ASINs listed above; "
-                            f"<ASIN>.png or .jpg)")
-        ids = [f"{t.id}:{t.candidate}>{t.target}" for ts in triplets.values() for t in ts]
-        if not args.update:
-            problems += _common.check_ids(manifest, split, ids)
-        entries[split] = dict(pairs=n_triplets, triplets={c: len(v) for c, v in triplets.items()},
-                              images=gallery_sizes, asins=unique, ids=ids)
-    if args.split == "all" and len(entries) == len(fiq.SPLITS):
+        v.missing(split, [root / "images" / a for a in missing], len(unique), "images (ASINs listed above; "
+                  "<ASIN>.png or .jpg)")
+        v.record(split, dict(pairs=n_triplets, triplets={c: len(t) for c, t in triplets.items()},
+                             images=gallery_sizes, asins=unique,
+                             ids=[f"{t.id}:{t.candidate}>{t.target}" for ts in triplets.values() for t in ts]))
+    if args.split == "all" and len(v.entries) == len(fiq.SPLITS):
         print(f"all splits: {len(all_asins):,} unique ASINs in {n_entries:,} split-file entries")
-        for what, observed, expected in (("unique ASINs", len(all_asins), fiq.EXPECTED_UNIQUE_ASINS),
-                                         ("split-file entries", n_entries, fiq.EXPECTED_SPLIT_ENTRIES)):
-            w = _common.compare_count(what, observed, expected, source="counted from XiaoxiaoGuo/fashion-iq")
-            warnings_ += [w] if w else []
-    return _common.finish_verify(root, DATASET, entries, problems=problems, warnings_=warnings_, update=args.update)
+        v.count("unique ASINs", len(all_asins), fiq.EXPECTED_UNIQUE_ASINS, source=source)
+        v.count("split-file entries", n_entries, fiq.EXPECTED_SPLIT_ENTRIES, source=source)
+    return v.finish()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python data_scripts/fashioniq.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("download", help="fetch the annotations (GitHub) and the images (Amazon URLs or a mirror)")
-    d.add_argument("--root", type=Path, required=True, help="where captions/, image_splits/ and images/ will live")
+def build_parser():
+    parser, sub = _common.script_parser("fashioniq.py", __doc__)
+    d = _common.add_download(sub, cmd_download, keep_archive=False,
+                             help="fetch the annotations (GitHub) and the images (Amazon URLs or a mirror)",
+                             root_help="where captions/, image_splits/ and images/ will live")
     images = d.add_mutually_exclusive_group()
     images.add_argument("--archive", type=Path, default=None,
                         help="take the images from this mirror archive (zip / tar) instead of the Amazon URLs")
     images.add_argument("--skip-images", action="store_true", help="fetch the annotations only")
-    d.set_defaults(func=cmd_download)
-    v = sub.add_parser("verify", help="list missing images by ASIN, check counts, write / check the manifest")
-    v.add_argument("--root", type=Path, required=True)
-    v.add_argument("--split", choices=("all",) + fiq.SPLITS, default="all")
-    v.add_argument("--update", action="store_true", help="rewrite the manifest's ids instead of comparing them")
-    v.set_defaults(func=cmd_verify)
+    _common.add_verify(sub, cmd_verify, fiq.SPLITS,
+                       help="list missing images by ASIN, check counts, write / check the manifest")
     return parser
 
 

@@ -7,11 +7,10 @@
 CLIP4IDC's repository has no IER support at all (no loader, ground truth or script); this script and
 ``idclab.data.image_editing_request`` are idclab's own.
 
-Sources. All URLs below are constructed from the reference notes and are **unverified offline** (they were written
-without network access; the steps are tested on small trees of the same layout only):
+Sources (the steps are tested on small trees of the same layout):
 
-* annotations, from GitHub raw (the README says ``data/``; the files live in ``dataset/adobe/``; branch ``master``
-  unverified)::
+* annotations, from GitHub raw (the README says ``data/``; the files live in ``dataset/adobe/``; branch
+  ``master``)::
 
       https://raw.githubusercontent.com/airsplay/VisualRelationships/master/dataset/adobe/{train,valid,test}.json
       -> DIR/annotations/{train,valid,test}.json      (our split "val" reads valid.json)
@@ -26,9 +25,8 @@ without network access; the steps are tested on small trees of the same layout o
 
   archive.org publishes a sha1 (and md5) per file: each download is checked against it and resumes with HTTP Range.
   Loose images are saved into DIR/images; archives (zip / tar) are kept in DIR/_downloads/ and extracted, every
-  image found moved, flattened, into DIR/images. Which files the item
-  holds was not checked. To use the Google Drive folder instead, download it in a browser (Drive zips a folder) and
-  pass the zip with ``--archive``.
+  image found moved, flattened, into DIR/images. To use the Google Drive folder instead, download it in a browser
+  (Drive zips a folder) and pass the zip with ``--archive``.
 
 Terms: no licence stated; the images are Reddit users' photos and their edits. Research use; cite; do not re-host.
 
@@ -39,8 +37,6 @@ figures (3,061 / 383 / 495 pairs; 3,061 / 1,149 / 1,485 sentences), and records 
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
 import urllib.parse
 from pathlib import Path
@@ -48,6 +44,7 @@ from pathlib import Path
 import _common
 
 from idclab.data import image_editing_request as ier
+from idclab.data._common import missing_files, pair_files
 
 DATASET = "image_editing_request"
 ANNOTATION_URL = "https://raw.githubusercontent.com/airsplay/VisualRelationships/master/dataset/adobe/{name}"
@@ -58,9 +55,8 @@ DRIVE_FOLDER = "https://drive.google.com/drive/folders/1p_hkPwRUiLl1RHV3DkzQk3ti
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
 TERMS = dict(
     paper="Tan, Dernoncourt, Lin, Bui, Bansal. Expressing Visual Relationships via Language. ACL 2019.",
-    sources=["annotations: " + ANNOTATION_URL.format(name="{train,valid,test}.json") + "  [unverified offline]",
-             f"images: https://archive.org/details/{ARCHIVE_ORG_ITEM} (mirror of {DRIVE_FOLDER}) "
-             f"[unverified offline]"],
+    sources=["annotations: " + ANNOTATION_URL.format(name="{train,valid,test}.json"),
+             f"images: https://archive.org/details/{ARCHIVE_ORG_ITEM} (mirror of {DRIVE_FOLDER})"],
     terms="no licence stated by the authors; images are Reddit users' photos and edits. Research use; cite the "
           "paper; do not re-host.",
 )
@@ -77,12 +73,8 @@ def cmd_download(args) -> int:
     staging = root / "_downloads" / ARCHIVE_ORG_ITEM
     archives: list[Path] = []
     if args.archive is not None:
-        if not args.archive.is_file():
-            raise SystemExit(f"--archive {args.archive} does not exist.")
-        archives.append(args.archive)
-        _common.record_download(root, DATASET, f"images:{args.archive.name}", dict(
-            url=DRIVE_FOLDER, bytes=args.archive.stat().st_size, sha256=_common.file_hash(args.archive),
-            checksum="not published"))
+        archives.append(_common.given_archive(root, DATASET, args.archive, url=DRIVE_FOLDER,
+                                              name=f"images:{args.archive.name}"))
     else:
         files = archive_org_files(_common.read_url_json(METADATA_URL))
         print(f"  {len(files)} files to fetch from archive.org (checked against its sha1)", file=sys.stderr)
@@ -102,15 +94,9 @@ def cmd_download(args) -> int:
             manifest = _common.read_manifest(root, DATASET)
             manifest["downloads"].update(infos)
             _common.write_manifest(root, manifest)
-    tmp = root / "_extract"
     for archive in archives:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        print(f"  extracting {archive} ...", file=sys.stderr)
-        _common.extract(archive, tmp)
-        _common.move_images(tmp, images)
-    if tmp.exists():
-        shutil.rmtree(tmp)
+        with _common.unpacked(archive, root) as tree:
+            _common.move_images(tree, images)
     n = sum(1 for _ in images.iterdir()) if images.is_dir() else 0
     print(f"Done: {n} files in {images}. Next:\n  python data_scripts/image_editing_request.py verify --root {root}")
     return 0
@@ -146,57 +132,32 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    root: Path = args.root
-    if not root.is_dir():
-        print(f"ERROR: {root} does not exist. Download the data with\n  {ier.DOWNLOAD_COMMAND.format(root=root)}")
+    v = _common.Verify.start(args, DATASET, ier.DOWNLOAD_COMMAND)
+    if v is None:
         return 1
-    splits = list(ier.SPLITS) if args.split == "all" else [args.split]
-    report = root / "verify_missing.txt"
-    if report.exists():
-        report.unlink()
-    manifest = _common.read_manifest(root, DATASET)
-    problems, warnings_, entries = [], [], {}
-    for split in splits:
-        try:
-            pairs = ier.read_split(root, split)
-        except (FileNotFoundError, ValueError) as e:
-            problems.append(f"ERROR {split}: {e}")
+    for split in v.splits(ier.SPLITS):
+        pairs = v.read(split, ier.read_split, v.root, split)
+        if pairs is None:
             continue
         n_sent = sum(len(p.captions) for p in pairs)
         print(f"{split} ({ier.SPLIT_FILES[split]}): {len(pairs):,} pairs, {n_sent:,} sentences")
         for what, observed, expected in zip(("pairs", "sentences"), (len(pairs), n_sent), ier.EXPECTED[split]):
-            w = _common.compare_count(f"{split} {what}", observed, expected, source="counted from the released files")
-            warnings_ += [w] if w else []
-        missing = ier.missing_files(pairs)
-        if missing:
-            _common.report_missing(root, split, missing, report)
-            problems.append(f"MISSING {split}: {len(missing)} image files (listed above)")
-        ids = [p.id for p in pairs]
-        if not args.update:
-            problems += _common.check_ids(manifest, split, ids)
-        entries[split] = dict(pairs=len(pairs), sentences=n_sent, ids=ids)
-    return _common.finish_verify(root, DATASET, entries, problems=problems, warnings_=warnings_, update=args.update)
+            v.count(f"{split} {what}", observed, expected, source="counted from the released files")
+        files = list(dict.fromkeys(pair_files(pairs)))  # two uids can share their photos
+        v.missing(split, missing_files(files), len(files))
+        v.record(split, dict(pairs=len(pairs), sentences=n_sent, ids=[p.id for p in pairs]))
+    return v.finish()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python data_scripts/image_editing_request.py",
-                                     description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("download", help="fetch the annotations (GitHub) and the images (archive.org mirror)")
-    d.add_argument("--root", type=Path, required=True, help="where annotations/ and images/ will live")
-    d.add_argument("--archive", type=Path, default=None,
-                   help="use this zip of the images (e.g. the Google Drive folder) instead of archive.org")
-    d.set_defaults(func=cmd_download)
-    p = sub.add_parser("prepare", help="write the COCO-format evaluation ground truth of a split")
-    p.add_argument("--root", type=Path, required=True)
-    p.add_argument("--split", choices=ier.SPLITS, default="test")
-    p.add_argument("--out", type=Path, default=None, help="default: ROOT/gt/ier_<split>_change_captions_reformat.json")
-    p.set_defaults(func=cmd_prepare)
-    v = sub.add_parser("verify", help="list missing files, check counts, write / check the manifest")
-    v.add_argument("--root", type=Path, required=True)
-    v.add_argument("--split", choices=("all",) + ier.SPLITS, default="all")
-    v.add_argument("--update", action="store_true", help="rewrite the manifest's ids instead of comparing them")
-    v.set_defaults(func=cmd_verify)
+def build_parser():
+    parser, sub = _common.script_parser("image_editing_request.py", __doc__)
+    _common.add_download(sub, cmd_download, help="fetch the annotations (GitHub) and the images (archive.org mirror)",
+                         root_help="where annotations/ and images/ will live", keep_archive=False,
+                         archive_help="use this zip of the images (e.g. the Google Drive folder) instead of "
+                                      "archive.org")
+    _common.add_prepare(sub, cmd_prepare, ier.SPLITS,
+                        out_help="default: ROOT/gt/ier_<split>_change_captions_reformat.json")
+    _common.add_verify(sub, cmd_verify, ier.SPLITS)
     return parser
 
 

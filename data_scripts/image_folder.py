@@ -1,15 +1,18 @@
 """Unlabelled image folders for Pic2Word training / ``idclab retrieve``: write a Pic2Word-style TSV, verify images.
 
-    python data_scripts/image_folder.py prepare --images DIR --out FILE.tsv [--absolute]
+    python data_scripts/image_folder.py prepare --images DIR --out FILE.tsv [--relative]
     python data_scripts/image_folder.py verify  (--images DIR | --csv FILE.tsv [--csv-img-key filepath]
                                                  [--csv-separator TAB]) [--report FILE]
 
 Nothing is downloaded: bring your own images (for CC3M, img2dataset with the Conceptual Captions TSV; the images
 belong to their owners, the URL list is Google's). ``prepare`` lists every image under DIR (recursively, sorted,
 hidden files skipped) into a TAB-separated file with the header ``filepath<TAB>title``, Pic2Word's format
-(``--csv-img-key filepath --csv-caption-key title``); paths are relative to the TSV's folder (``--absolute``: absolute)
-and titles are empty (Pic2Word's loss never reads captions). ``verify`` opens and decodes every image and lists the
-missing (TSV rows whose file does not exist) and the unreadable ones; exit code 1 if there are any.
+(``--csv-img-key filepath --csv-caption-key title``), with empty titles (Pic2Word's loss never reads captions).
+Paths are absolute, because Pic2Word opens each path as written, that is relative to the folder it runs in; so the
+TSV works from any working directory, for Pic2Word and for idclab alike. ``--relative`` writes them relative to the
+TSV's folder instead (a TSV that moves with its images): idclab resolves those against the TSV's folder, Pic2Word
+only when it is started in that folder, and ``verify`` warns about it. ``verify`` opens and decodes every image
+and lists the missing (TSV rows whose file does not exist) and the unreadable ones; exit code 1 if there are any.
 """
 
 from __future__ import annotations
@@ -38,18 +41,23 @@ def cmd_prepare(args) -> int:
         writer.writerow([imf.PIC2WORD_IMG_KEY, imf.PIC2WORD_CAPTION_KEY])
         for path in images:
             path = path.resolve()
-            writer.writerow([str(path) if args.absolute else Path(os.path.relpath(path, base)).as_posix(), ""])
+            writer.writerow([Path(os.path.relpath(path, base)).as_posix() if args.relative else str(path), ""])
     tmp.replace(out)
     print(f"wrote {out} ({len(images):,} images, columns {imf.PIC2WORD_IMG_KEY}, {imf.PIC2WORD_CAPTION_KEY}; "
-          f"paths {'absolute' if args.absolute else 'relative to ' + str(out.parent)})\n"
+          f"paths {'relative to ' + str(out.parent) if args.relative else 'absolute'})\n"
           f"check the images with\n  python data_scripts/image_folder.py verify --csv {out}")
     return 0
 
 
 def cmd_verify(args) -> int:
     if args.csv is not None:
-        paths, _ = imf.read_image_list(args.csv, img_key=args.csv_img_key, sep=args.csv_separator)
+        paths, rows = imf.read_image_list(args.csv, img_key=args.csv_img_key, sep=args.csv_separator)
         where = str(args.csv)
+        relative = sum(not Path(row[args.csv_img_key]).is_absolute() for row in rows)
+        if relative:
+            print(f"NOTE {relative:,} paths are relative: checked against {args.csv.parent}, where idclab looks; "
+                  f"Pic2Word opens them relative to the folder it runs in, so start it in {args.csv.parent} (or "
+                  f"write absolute paths: prepare without --relative).")
     else:
         paths = imf.list_images(args.images)
         where = str(args.images)
@@ -81,12 +89,12 @@ def _separator(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python data_scripts/image_folder.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = _common.script_parser("image_folder.py", __doc__)
     p = sub.add_parser("prepare", help="write a Pic2Word-style TSV (filepath, title) listing a folder's images")
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--absolute", action="store_true", help="write absolute paths (default: relative to the TSV)")
+    p.add_argument("--relative", action="store_true",
+                   help="write paths relative to the TSV's folder (default: absolute, as Pic2Word needs them)")
     p.set_defaults(func=cmd_prepare)
     v = sub.add_parser("verify", help="list missing and unreadable images of a folder or a TSV")
     src = v.add_mutually_exclusive_group(required=True)

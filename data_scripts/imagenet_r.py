@@ -26,13 +26,11 @@ Pic2Word's shipped lists ``imgnet_real_query.txt`` and ``imgnet_targets.txt`` (d
 google-research/composed_image_retrieval) may be copied into DIR; the loader then uses them. ``verify`` lists every
 missing file, compares the counts with Pic2Word's (10,000 real photos; 6,983 targets = cartoon 3,726, origami 550,
 toy 1,511, sculpture 1,196; gallery 16,983), prints the queries excluded for want of a target, and records the gallery
-names in the manifest (later runs report changes). These steps were written without network access and are tested on
-small trees of the same layout.
+names in the manifest (later runs report changes). These steps are tested on small trees of the same layout.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import shutil
 import sys
@@ -70,30 +68,12 @@ def cmd_download(args) -> int:
         print(f"{r_dir} already holds ImageNet-R; not downloading it again.", file=sys.stderr)
     else:
         if args.archive is not None:
-            archive = args.archive
-            if not archive.is_file():
-                raise SystemExit(f"--archive {archive} does not exist.")
-            info = dict(url=URL, bytes=archive.stat().st_size, sha256=_common.file_hash(archive),
-                        checksum="not published")
-            print(f"  checksum not published for {ARCHIVE_NAME}; recording its sha256 in the manifest",
-                  file=sys.stderr)
+            archive = _common.given_archive(root, DATASET, args.archive, url=URL, name=ARCHIVE_NAME)
         else:
             archive = root / "_downloads" / ARCHIVE_NAME
-            info = _common.download(URL, archive)
-        _common.record_download(root, DATASET, ARCHIVE_NAME, info)
-        tmp = root / "_extract"
-        if tmp.exists():  # an interrupted extraction: start it again
-            shutil.rmtree(tmp)
-        print(f"  extracting {archive} ...", file=sys.stderr)
-        _common.extract(archive, tmp)
-        found = sorted((p for p in tmp.rglob(ir.RENDITIONS_DIR) if p.is_dir()), key=lambda p: len(p.parts))
-        if not found:
-            raise SystemExit(f"{archive} has no {ir.RENDITIONS_DIR}/ folder: it is not the ImageNet-R tar.")
-        r_dir.mkdir(parents=True, exist_ok=True)
-        for child in sorted(found[0].iterdir()):  # merged: what is already in r_dir is kept, never overwritten
-            if not (r_dir / child.name).exists():
-                shutil.move(str(child), str(r_dir / child.name))
-        shutil.rmtree(tmp)
+            _common.record_download(root, DATASET, ARCHIVE_NAME, _common.download(URL, archive))
+        with _common.unpacked(archive, root) as tree:
+            _common.merge_folder(_common.find_folder(tree, ir.RENDITIONS_DIR, archive, "the ImageNet-R tar"), r_dir)
         if args.archive is None and not args.keep_archive:
             archive.unlink()
         n = sum(1 for p in r_dir.iterdir() if p.is_dir())
@@ -184,68 +164,43 @@ def cmd_sort_val(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    root: Path = args.root
-    if not root.is_dir():
-        print(f"ERROR: {root} does not exist. Download the data with\n  {ir.DOWNLOAD_COMMAND.format(root=root)}")
+    v = _common.Verify.start(args, DATASET, ir.DOWNLOAD_COMMAND)
+    if v is None:
         return 1
-    report = root / "verify_missing.txt"
-    if report.exists():
-        report.unlink()
-    problems, warnings_ = [], []
-    try:
-        lists = ir.read_lists(root)
-    except (FileNotFoundError, ValueError) as e:  # the message names the fix; printed below, exit code 1
-        print(f"ERROR: {e}")
-        print("FAILED")
-        return 1
+    root = v.root
+    lists = v.read("lists", ir.read_lists, root)
+    if lists is None:
+        return v.finish()
     gallery = [n for d in ir.DOMAINS for n in lists.renditions[d]] + list(lists.real)
     counts = {d: len(lists.renditions[d]) for d in ir.DOMAINS}
     print(f"lists from {lists.source}: {len(lists.real):,} real photos; targets "
           + ", ".join(f"{d} {n:,}" for d, n in counts.items()) + f"; gallery {len(gallery):,}")
     source = "counted from Pic2Word's data/imgnet/*.txt"
-    for what, observed, expected in ([("real photos", len(lists.real), ir.EXPECTED_QUERIES),
-                                      ("gallery", len(gallery), ir.EXPECTED_GALLERY)]
-                                     + [(f"{d} targets", counts[d], ir.EXPECTED_TARGETS[d]) for d in ir.DOMAINS]):
-        w = _common.compare_count(what, observed, expected, source=source)
-        warnings_ += [w] if w else []
+    v.count("real photos", len(lists.real), ir.EXPECTED_QUERIES, source=source)
+    v.count("gallery", len(gallery), ir.EXPECTED_GALLERY, source=source)
+    for d in ir.DOMAINS:
+        v.count(f"{d} targets", counts[d], ir.EXPECTED_TARGETS[d], source=source)
     if lists.classes_without_real:
-        problems.append(f"MISSING real photos of {len(lists.classes_without_real)} ImageNet-R classes (no "
-                        f"{ir.REAL_DIR}/<wnid>/ folder): {listing(list(lists.classes_without_real))}; run "
-                        f"sort-val with labels that cover them")
+        v.problem(f"MISSING real photos of {len(lists.classes_without_real)} ImageNet-R classes (no "
+                  f"{ir.REAL_DIR}/<wnid>/ folder): {listing(list(lists.classes_without_real))}; run "
+                  f"sort-val with labels that cover them")
     missing = ir.missing_files(root, gallery)
-    if missing:
-        _common.report_missing(root, "val", [root / n for n in missing], report)
-        problems.append(f"MISSING {len(missing)} of {len(gallery)} gallery images (listed above)")
-    else:
+    v.missing("val", [root / n for n in missing], len(gallery))
+    if not missing:
         bench = ir.load_benchmark(root, check_files=False)
         without = bench.info["queries_without_target"]
         print(f"queries: {len(bench.queries):,}; excluded for want of a target in their domain: "
               + ", ".join(f"{d} {n:,}" for d, n in without.items()))
-    manifest = _common.read_manifest(root, DATASET)
-    if not args.update:
-        problems += _common.check_ids(manifest, "val", gallery)
-    for line in warnings_ + problems:
-        print(line)
-    if problems:
-        print("FAILED (nothing was dropped or changed): download / sort what is missing, then verify again; pass "
-              "--update to accept lists that changed on purpose.")
-        return 1
-    if args.update or "val" not in manifest["splits"]:
-        manifest["splits"]["val"] = dict(lists=lists.source, real_photos=len(lists.real), targets=counts,
-                                         gallery=len(gallery), ids=gallery)
-        _common.write_manifest(root, manifest)
-    print(f"OK: {len(gallery):,} gallery images; manifest {root / _common.MANIFEST}")
-    return 0
+    v.record("val", dict(lists=lists.source, real_photos=len(lists.real), targets=counts, gallery=len(gallery),
+                         ids=gallery))
+    return v.finish(ok=f"{len(gallery):,} gallery images")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python data_scripts/imagenet_r.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("download", help="fetch imagenet-r.tar (resumable) and extract it into --root")
-    d.add_argument("--root", type=Path, required=True, help="Pic2Word's data/imgnet: imagenet-r/ and real/ live here")
-    d.add_argument("--archive", type=Path, default=None, help="use this already downloaded imagenet-r.tar")
-    d.add_argument("--keep-archive", action="store_true", help="keep the downloaded tar after extraction")
-    d.set_defaults(func=cmd_download)
+def build_parser():
+    parser, sub = _common.script_parser("imagenet_r.py", __doc__)
+    _common.add_download(sub, cmd_download, help="fetch imagenet-r.tar (resumable) and extract it into --root",
+                         root_help="Pic2Word's data/imgnet: imagenet-r/ and real/ live here",
+                         archive_help="use this already downloaded imagenet-r.tar")
     s = sub.add_parser("sort-val", help="copy ImageNet val photos of the 200 ImageNet-R classes into real/<wnid>/")
     s.add_argument("--root", type=Path, required=True)
     s.add_argument("--val-dir", type=Path, required=True, help="the folder holding ILSVRC2012_val_*.JPEG")
@@ -253,10 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LOC_val_solution.csv (Kaggle), valprep.sh, or '<file> <wnid>' lines")
     s.add_argument("--move", action="store_true", help="move the photos instead of copying them")
     s.set_defaults(func=cmd_sort_val)
-    v = sub.add_parser("verify", help="list missing files, compare counts with Pic2Word's, write / check the manifest")
-    v.add_argument("--root", type=Path, required=True)
-    v.add_argument("--update", action="store_true", help="rewrite the manifest's names instead of comparing them")
-    v.set_defaults(func=cmd_verify)
+    _common.add_verify(sub, cmd_verify, help="list missing files, compare counts with Pic2Word's, write / check the "
+                                             "manifest",
+                       update_help="rewrite the manifest's names instead of comparing them")
     return parser
 
 

@@ -55,7 +55,7 @@ class FakeWeb:
     def __init__(self, files: dict[str, bytes]):
         self.files, self.calls = files, []
 
-    def __call__(self, url, *, start=0):
+    def __call__(self, url, *, start=0, timeout=None):
         self.calls.append(url)
         if url not in self.files:
             raise RuntimeError(f"Downloading {url} failed: HTTP 404 Not Found. Check the URL in a browser")

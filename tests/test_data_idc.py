@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import io
 import json
+import shutil
 import sys
 import tarfile
 import zipfile
@@ -164,7 +165,9 @@ def ier_root(tmp_path):
 
 def test_clevr_items_keys_shapes_and_rgba_conversion(clevr_root):
     ds = CLEVRChange(clevr_root, "test")
-    assert len(ds) == 6 and ds.ids == ["000010", "000011", "000012", "000013", "000014", "000015"]
+    # ids as the reference tools write them: the image number with its extension
+    assert len(ds) == 6 and ds.ids == ["000010.png", "000011.png", "000012.png", "000013.png", "000014.png",
+                                       "000015.png"]
     item = ds[1]
     assert set(item) == {"before", "after", "distractor", "change_type", "captions", "no_change_captions", "target",
                          "id"}
@@ -173,7 +176,7 @@ def test_clevr_items_keys_shapes_and_rgba_conversion(clevr_root):
     rgba = np.asarray(Image.open(clevr_root / "sc_images" / "CLEVR_semantic_000011.png"))
     assert rgba.shape == (8, 12, 4)  # stored RGBA, returned RGB (opaque alpha: the RGB values unchanged)
     np.testing.assert_array_equal(item["after"], rgba[..., :3])
-    assert item["id"] == "000011" and item["target"] is None
+    assert item["id"] == "000011.png" and item["target"] is None
     assert item["change_type"] == "texture"  # RCC's "material" key
     assert item["captions"] == ["object 11 changed", "something about 11 changed"]
     assert item["no_change_captions"] == ["no change was made", "scene 11 is the same"]
@@ -195,10 +198,10 @@ def test_clevr_references_total_setting_with_n_ids_and_type_groups(clevr_root):
     ds = CLEVRChange(clevr_root, "test")
     gts, groups = ds.references()
     assert list(gts) == ds.ids + [i + "_n" for i in ds.ids]  # change ids, then the no-change (_n) ids
-    assert gts["000012"] == ["object 12 changed", "something about 12 changed"]
-    assert gts["000012_n"] == ["no change was made", "scene 12 is the same"]
-    assert groups == {"000010": "color", "000011": "texture", "000012": "add", "000013": "drop", "000014": "move",
-                      "000015": "color", **{i + "_n": "distractor" for i in ds.ids}}
+    assert gts["000012.png"] == ["object 12 changed", "something about 12 changed"]
+    assert gts["000012.png_n"] == ["no change was made", "scene 12 is the same"]
+    assert groups == {"000010.png": "color", "000011.png": "texture", "000012.png": "add", "000013.png": "drop",
+                      "000014.png": "move", "000015.png": "color", **{i + "_n": "distractor" for i in ds.ids}}
     gts_c, groups_c = ds.references(with_no_change=False)
     assert list(gts_c) == ds.ids and set(groups_c.values()) == {"color", "texture", "add", "drop", "move"}
 
@@ -206,7 +209,7 @@ def test_clevr_references_total_setting_with_n_ids_and_type_groups(clevr_root):
 def test_shapes_export_loads_through_clevr_change_with_equal_items(tmp_path):
     out = shapes.export_idc(tmp_path / "shapes", split="val", n=4, size=32)
     ds, ref = CLEVRChange(out, "val"), shapes.ShapesPairs("val", 4, size=32)
-    assert len(ds) == 4 and ds.ids == [f"{shapes.IDC_ID_STRIDE + i:06d}" for i in range(4)]
+    assert len(ds) == 4 and ds.ids == [f"{shapes.IDC_ID_STRIDE + i:06d}.png" for i in range(4)]
     for i in range(4):
         got, want = ds[i], ref[i]
         for key in ("before", "after", "distractor"):
@@ -224,15 +227,16 @@ def test_shapes_export_loads_through_clevr_change_with_equal_items(tmp_path):
 
 def test_spot_merges_repeated_ids_with_every_sentence(spot_root):
     ds = SpotTheDiff(spot_root, "train")
-    assert ds.ids == ["1", "2"]  # first-appearance order, one pair per img_id
+    assert ds.ids == ["1.png", "2.png"]  # first-appearance order, one pair per img_id, named like CLIP4IDC's ids
     item = ds[0]
     assert item["captions"] == ["a car left", "a man walks", "the car is gone"]
     assert "distractor" not in item and item["no_change_captions"] == [] and item["change_type"] == "change"
-    assert item["before"].shape == item["after"].shape == (10, 10, 3) and item["id"] == "1"
+    assert item["before"].shape == item["after"].shape == (10, 10, 3) and item["id"] == "1.png"
     np.testing.assert_array_equal(item["after"], np.asarray(Image.open(spot_root / "images" / "1_2.png")))
     gts, groups = SpotTheDiff(spot_root, "test").references()
-    assert gts == {"7": ["the truck is gone", "a man is walking", "the white truck left"], "8": ["no difference"]}
-    assert groups == {"7": "change", "8": "change"}
+    assert gts == {"7.png": ["the truck is gone", "a man is walking", "the white truck left"],
+                   "8.png": ["no difference"]}
+    assert groups == {"7.png": "change", "8.png": "change"}
 
 
 def test_ier_val_reads_valid_json_and_converts_every_image_to_rgb(ier_root):
@@ -326,7 +330,7 @@ def test_verify_reports_changed_ids_against_the_manifest(clevr_root, capsys):
     (clevr_root / "splits.json").write_text(json.dumps(splits))
     capsys.readouterr()
     assert main(["verify", "--root", str(clevr_root)]) == 1
-    assert "gone: ['000015']" in capsys.readouterr().out
+    assert "gone: ['000015.png']" in capsys.readouterr().out
     assert main(["verify", "--root", str(clevr_root), "--update"]) == 0
     assert main(["verify", "--root", str(clevr_root)]) == 0
 
@@ -359,6 +363,97 @@ def test_prepare_writes_coco_ground_truth_equal_to_references(tmp_path, name, cl
         assert json.loads((tmp_path / "test_groups.json").read_text()) == groups
 
 
+def test_verify_accepts_ids_a_manifest_recorded_without_the_extension(clevr_root, spot_root, capsys):
+    for name, root in (("clevr_change", clevr_root), ("spot_the_diff", spot_root)):
+        main = SCRIPTS[name].main
+        assert main(["verify", "--root", str(root)]) == 0
+        path = root / "idclab_manifest.json"
+        manifest = json.loads(path.read_text())
+        for entry in manifest["splits"].values():  # as an older idclab wrote them: "000010", "7"
+            entry["ids"] = [i.removesuffix(".png") for i in entry["ids"]]
+        path.write_text(json.dumps(manifest))
+        assert main(["verify", "--root", str(root)]) == 0, capsys.readouterr().out
+        entry = json.loads(path.read_text())["splits"]["test"]
+        entry["ids"] = entry["ids"][1:]
+        manifest["splits"]["test"] = entry
+        path.write_text(json.dumps(manifest))
+        assert main(["verify", "--root", str(root)]) == 1  # a real change is still reported
+        assert "CHANGED test" in capsys.readouterr().out
+
+
+def _rcc_total_ground_truth(root: Path) -> dict:
+    """The "Total" ground truth built the way RCC's utils/eval_utils.py builds the file CLIP4IDC ships: every scene of
+    change_captions.json under "<number>.png", then every scene of no_change_captions.json under "<number>.png_n"."""
+    dummy = dict.fromkeys(("contributor", "date_created", "description", "url", "version", "year"), "dummy")
+    images, annotations = [], []
+    for name, suffix in (("change_captions.json", ""), ("no_change_captions.json", "_n")):
+        for key, captions in json.loads((root / name).read_text()).items():
+            image_id = key.split("_")[-1] + suffix
+            images.append({"filename": image_id, "id": image_id})
+            annotations += [{"caption": c, "id": len(annotations) + k, "image_id": image_id}
+                            for k, c in enumerate(captions)]
+    return {"info": dummy, "licenses": dummy, "type": "captions", "images": images, "annotations": annotations}
+
+
+def test_prepared_ground_truth_has_the_structure_and_ids_of_clip4idcs_file(clevr_root, tmp_path):
+    out = tmp_path / "gt.json"
+    assert SCRIPTS["clevr_change"].main(["prepare", "--root", str(clevr_root), "--out", str(out)]) == 0
+    ours = json.loads(out.read_text())
+    rcc_path = tmp_path / "clevr_total_change_captions_reformat.json"
+    rcc_path.write_text(json.dumps(_rcc_total_ground_truth(clevr_root)))
+    rcc = json.loads(rcc_path.read_text())
+    assert set(ours) == set(rcc) and ours["type"] == rcc["type"] == "captions"
+    assert {tuple(sorted(im)) for im in ours["images"]} == {tuple(sorted(im)) for im in rcc["images"]}
+    assert {tuple(sorted(a)) for a in ours["annotations"]} == {tuple(sorted(a)) for a in rcc["annotations"]}
+    theirs = load_caption_json(rcc_path, kind="gts")  # every split; ours holds the test split only
+    mine = load_caption_json(out, kind="gts")
+    assert mine == {i: theirs[i] for i in mine} and "000010.png_n" in mine and len(mine) == 12
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap needs Java on PATH")
+@pytest.mark.filterwarnings("ignore:CIDEr")  # the one-scene change types of this tiny tree score CIDEr 0
+def test_score_captions_gives_the_same_numbers_for_reference_and_idclab_ids(clevr_root, spot_root, tmp_path, capsys):
+    """Ground truth and results in the reference form ("000010.png", "000010.png_n", "7.png"), as prepare writes them
+    and CLIP4IDC's result files hold, score exactly as the same files in idclab's older form ("000010", "7")."""
+    from idclab import cli
+
+    def score(gts: Path, res: Path, *extra) -> dict:
+        cli.main(["score-captions", str(gts), str(res), *map(str, extra)])
+        return json.loads(capsys.readouterr().out)
+
+    def bare(i: str) -> str:
+        return i.replace(".png", "")
+
+    for name, root in (("clevr_change", clevr_root), ("spot_the_diff", spot_root)):
+        gt = tmp_path / f"{name}_gt.json"
+        assert SCRIPTS[name].main(["prepare", "--root", str(root), "--split", "test", "--out", str(gt)]) == 0
+        capsys.readouterr()
+        refs = load_caption_json(gt, kind="gts")
+        assert all(".png" in i for i in refs)
+        # a COCO results list as CLIP4IDC writes it: one caption per id, some right, some wrong
+        results = [{"image_id": i, "caption": refs[i][0] if k % 2 else "a red cube was added"}
+                   for k, i in enumerate(refs)]
+        res = tmp_path / f"{name}_res.json"
+        res.write_text(json.dumps(results))
+        coco = json.loads(gt.read_text())  # the same files with the ids written without the extension
+        for im in coco["images"]:
+            im["id"] = im["filename"] = bare(im["id"])
+        for a in coco["annotations"]:
+            a["image_id"] = bare(a["image_id"])
+        gt_bare, res_bare = tmp_path / f"{name}_gt_bare.json", tmp_path / f"{name}_res_bare.json"
+        gt_bare.write_text(json.dumps(coco))
+        res_bare.write_text(json.dumps([dict(r, image_id=bare(r["image_id"])) for r in results]))
+        reference_form, idclab_form = score(gt, res), score(gt_bare, res_bare)
+        assert reference_form == idclab_form and reference_form["CIDEr"] > 0
+        if name == "clevr_change":  # per change type, with the groups file prepare wrote beside the ground truth
+            groups = tmp_path / "test_groups.json"
+            groups_bare = tmp_path / "groups_bare.json"
+            groups_bare.write_text(json.dumps({bare(k): v for k, v in json.loads(groups.read_text()).items()}))
+            by_type = score(gt, res, "--groups", groups)
+            assert by_type == score(gt_bare, res_bare, "--groups", groups_bare)
+            assert set(by_type) >= {"distractor", "color"}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # data_scripts: downloads (network replaced by a fake)
 # ----------------------------------------------------------------------------------------------------------------
@@ -370,7 +465,7 @@ class FakeWeb:
     def __init__(self, files: dict[str, bytes], *, honour_range: bool = True):
         self.files, self.honour_range, self.calls = files, honour_range, []
 
-    def __call__(self, url, *, start=0):
+    def __call__(self, url, *, start=0, timeout=None):
         self.calls.append((url, start))
         data = self.files[url]
         if start and self.honour_range:

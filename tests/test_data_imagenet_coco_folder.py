@@ -7,6 +7,7 @@ Everything runs on tiny trees built here in the datasets' on-disk layouts; the n
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib
 import io
@@ -47,7 +48,7 @@ class FakeWeb:
     def __init__(self, files: dict[str, bytes]):
         self.files, self.calls = files, []
 
-    def __call__(self, url, *, start=0):
+    def __call__(self, url, *, start=0, timeout=None):
         self.calls.append((url, start))
         data = self.files[url]
         if start:
@@ -604,7 +605,7 @@ def test_image_folder_prepare_and_verify(tmp_path, capsys):
     out = tmp_path / "lists" / "train.tsv"
     assert script.main(["prepare", "--images", str(root), "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
-    assert lines[0] == "filepath\ttitle" and lines[1] == "../imgs/B.PNG\t" and len(lines) == 5
+    assert lines[0] == "filepath\ttitle" and lines[1] == f"{(root / 'B.PNG').resolve()}\t" and len(lines) == 5
     ds = imf.CSVImages(out)
     assert len(ds) == 4 and ds.paths[0].resolve() == (root / "B.PNG").resolve()
     assert script.main(["verify", "--csv", str(out)]) == 0
@@ -620,3 +621,28 @@ def test_image_folder_prepare_and_verify(tmp_path, capsys):
     assert script.main(["verify", "--csv", str(out), "--csv-img-key", "path"]) == 2
     assert "--csv-img-key" in capsys.readouterr().err
     assert script.main(["prepare", "--images", str(tmp_path / "lists"), "--out", str(tmp_path / "x.tsv")]) == 2
+
+
+def test_tsv_written_by_prepare_opens_from_another_working_directory(tmp_path, monkeypatch, capsys):
+    """Pic2Word opens each path of the TSV as written (relative to its working directory): the default TSV must work
+    from anywhere, exactly as idclab's verify and CSVImages see it."""
+    root = make_folder(tmp_path / "data" / "imgs")
+    script = SCRIPTS["image_folder"]
+    out = tmp_path / "data" / "lists" / "train.tsv"
+    assert script.main(["prepare", "--images", str(root), "--out", str(out)]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    for row in rows:  # what Pic2Word's loader does with each row
+        with Image.open(row["filepath"]) as im:
+            im.load()
+    assert [Path(r["filepath"]) for r in rows] == imf.CSVImages(out).paths  # idclab reads the same files
+    assert script.main(["verify", "--csv", str(out)]) == 0 and "NOTE" not in capsys.readouterr().out
+    relative = tmp_path / "data" / "lists" / "relative.tsv"  # --relative: idclab resolves, Pic2Word would not
+    assert script.main(["prepare", "--images", str(root), "--out", str(relative), "--relative"]) == 0
+    first = relative.read_text().splitlines()[1].split("\t")[0]
+    assert first == "../imgs/B.PNG" and not Path(first).exists()  # not from this working directory
+    assert script.main(["verify", "--csv", str(relative)]) == 0
+    assert "NOTE 4 paths are relative" in capsys.readouterr().out

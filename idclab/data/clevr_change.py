@@ -24,7 +24,12 @@ so this one loader serves both worlds; a Shapes export's items equal :class:`~id
 Items (the interface of ``ShapesPairs``, consumed by :class:`idclab.models.clip4idc.PairSamples`)::
 
     dict(before=uint8 [H, W, 3], after=uint8 [H, W, 3], distractor=uint8 [H, W, 3], change_type=str,
-         captions=list[str], no_change_captions=list[str], target=None, id="XXXXXX")
+         captions=list[str], no_change_captions=list[str], target=None, id="XXXXXX.png")
+
+Ids are the before image's number with ``.png``, as the reference tools write them (RCC's ground-truth merge takes
+the part of ``CLEVR_default_XXXXXX.png`` after the last underscore; CLIP4IDC's loader returns ``"%s.png"``), so
+result files of idclab and of those projects line up. :func:`scene_number` and
+:func:`~idclab.data._common.png_id` also read the older idclab form without ``.png`` ("XXXXXX", "XXXXXX_n").
 
 Images: CLEVR's PNGs are RGBA. They are read by :func:`idclab.backbones.load_image`, which composites RGBA onto a
 white background (CLEVR's alpha is opaque, so this only drops the channel). ``image_size`` squashes every image to
@@ -32,37 +37,33 @@ a square with bicubic interpolation, no crop (CLIP4IDC's preprocessing); ``None`
 
 Change types come from ``type_mapping.json``. RCC's loader names the texture change ``material``
 (``datasets/rcc_dataset.py``, ``type_to_label``); papers' tables and the Shapes world call it ``texture``, so
-``material`` is read as ``texture``. The exact key names of the released file are not verified here.
+``material`` is read as ``texture``. Keys that are not a change type (``distractor``, ``no_change``,
+``nonsemantic``) are skipped if present.
 
 Evaluation (:meth:`CLEVRChange.references`): CLIP4IDC's "Total" setting scores the captions of both pairs of every
-test scene as one corpus (its ``clevr_total_change_captions_reformat.json``, built by RCC's ``utils/eval_utils.py``):
-the change pair under id ``XXXXXX``, the distractor pair under ``XXXXXX_n`` with the no-change captions as
-references. ``groups`` gives each id its change type (``distractor`` for ``_n`` ids), so
+test scene as one corpus. Its ground truth, ``gt/clevr_total_change_captions_reformat.json`` in the CLIP4IDC
+repository (listed in its README), is built by RCC's ``utils/eval_utils.py``: COCO format, the change pair under
+``XXXXXX.png``, the distractor pair under ``XXXXXX.png_n`` with the no-change captions as references, every scene
+of every split in one file. ``python data_scripts/clevr_change.py prepare`` writes the same structure for one
+split. ``groups`` gives each id its change type (``distractor`` for ``_n`` ids), so
 :func:`idclab.metrics.captioning.score_captions_by_group` re-scores each type as its own corpus (CIDEr-D's idf is
 recomputed per subset, as RCC's per-type tables do; CLIP4IDC itself has no per-type breakdown, its issue #5).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from torch.utils.data import Dataset
-
-from idclab.data._common import read_image, check_image_size, position, listing, read_json
+from idclab.data._common import NO_CHANGE_SUFFIX, IDCPair, PairDataset, listing, pair_references, read_json
 
 SPLITS = ("train", "val", "test")
 CHANGE_TYPES = ("color", "texture", "add", "drop", "move")  # RCC's five; "texture" is RCC's "material"
-DISTRACTOR = "distractor"  # the group of the no-change (``_n``) ids
-NO_CHANGE_SUFFIX = "_n"  # RCC / CLIP4IDC id suffix of the distractor pair in the "Total" ground truth
 TYPE_ALIASES = {"material": "texture"}  # type_mapping.json key -> our change type
 NOT_A_CHANGE_TYPE = ("distractor", "no_change", "nonsemantic")  # keys of type_mapping.json that we skip if present
 
-# Pairs per split, counting the semantic and the distractor pair of each scene. [2nd]: third-party summaries
-# (RCC reports 79,606 pairs = 67,660 + 3,976 + 7,970); scenes per split = half of it [derived, not counted].
+# Pairs per split, counting the semantic and the distractor pair of each scene, as third-party summaries of RCC's
+# release give them (79,606 pairs = 67,660 + 3,976 + 7,970); not counted here from splits.json.
 EXPECTED_PAIRS = {"train": 67_660, "val": 3_976, "test": 7_970}
 
 DOWNLOAD_COMMAND = "python data_scripts/clevr_change.py download --root {root}"
@@ -76,28 +77,26 @@ _ANNOTATIONS = ("splits.json", "change_captions.json", "no_change_captions.json"
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CLEVRChangeScene:
-    """One default scene: its change pair (before -> after) and its distractor pair (before -> distractor)."""
-
-    id: str  # "XXXXXX"
-    before: Path
-    after: Path
-    distractor: Path
-    change_type: str
-    captions: tuple[str, ...]
-    no_change_captions: tuple[str, ...]
+def scene_number(id_) -> int:
+    """The scene number of an id in any form: 123, "000123", "000123.png", "000123.png_n", "000123_n"."""
+    s = str(id_)
+    if s.endswith(NO_CHANGE_SUFFIX):
+        s = s[: -len(NO_CHANGE_SUFFIX)]
+    try:
+        return int(s.split(".")[0])
+    except ValueError:
+        raise ValueError(f"{id_!r} is not a CLEVR-Change id (expected a number such as '000123.png').") from None
 
 
-def image_paths(root, id_: int | str) -> tuple[Path, Path, Path]:
-    """(before, after, distractor) paths of scene ``id_`` (int or "XXXXXX") under ``root``."""
-    root, n = Path(root), int(id_)
+def image_paths(root, id_) -> tuple[Path, Path, Path]:
+    """(before, after, distractor) paths of scene ``id_`` (int, "XXXXXX" or "XXXXXX.png") under ``root``."""
+    root, n = Path(root), scene_number(id_)
     return (root / "images" / f"CLEVR_default_{n:06d}.png", root / "sc_images" / f"CLEVR_semantic_{n:06d}.png",
             root / "nsc_images" / f"CLEVR_nonsemantic_{n:06d}.png")
 
 
-def read_split(root, split: str) -> list[CLEVRChangeScene]:
-    """The scenes of ``split`` in ``splits.json`` order. Reads annotations only; images are not touched.
+def read_split(root, split: str) -> list[IDCPair]:
+    """The scenes of ``split`` in ``splits.json`` order, one pair each (with its distractor). No image is read.
 
     Raises:
         ValueError: unknown or empty split; an id without change / no-change captions.
@@ -130,8 +129,8 @@ def read_split(root, split: str) -> list[CLEVRChangeScene]:
         if n not in type_of:
             no_type.append(n)
         before, after, distractor = image_paths(root, n)
-        scenes.append(CLEVRChangeScene(f"{n:06d}", before, after, distractor, type_of.get(n, "unknown"),
-                                       tuple(caps), tuple(nc_caps)))
+        scenes.append(IDCPair(f"{n:06d}.png", before, after, tuple(caps), change_type=type_of.get(n, "unknown"),
+                              distractor=distractor, no_change_captions=tuple(nc_caps)))
     if no_captions:
         raise ValueError(
             f"{len(no_captions)} {split} scenes of {root} have no change or no no-change captions: "
@@ -143,32 +142,13 @@ def read_split(root, split: str) -> list[CLEVRChangeScene]:
     return scenes
 
 
-def missing_files(scenes: list[CLEVRChangeScene]) -> list[Path]:
-    """Image files of ``scenes`` that do not exist, in scene order (one directory listing per folder)."""
-    listings: dict[Path, set[str]] = {}
-
-    def exists(path: Path) -> bool:
-        if path.parent not in listings:
-            listings[path.parent] = set(os.listdir(path.parent)) if path.parent.is_dir() else set()
-        return path.name in listings[path.parent]
-
-    return [p for s in scenes for p in (s.before, s.after, s.distractor) if not exists(p)]
-
-
-def references(scenes: list[CLEVRChangeScene], *, with_no_change: bool = True
+def references(scenes: list[IDCPair], *, with_no_change: bool = True
                ) -> tuple[dict[str, list[str]], dict[str, str]]:
     """CLIP4IDC's "Total" ground truth: (gts {id: refs}, groups {id: change type or "distractor"}).
 
-    Change pairs under "XXXXXX", distractor pairs under "XXXXXX_n" (with ``with_no_change``).
+    Change pairs under "XXXXXX.png", then the distractor pairs under "XXXXXX.png_n" (with ``with_no_change``).
     """
-    gts: dict[str, list[str]] = {}
-    groups: dict[str, str] = {}
-    for s in scenes:
-        gts[s.id], groups[s.id] = list(s.captions), s.change_type
-    if with_no_change:
-        for s in scenes:
-            gts[s.id + NO_CHANGE_SUFFIX], groups[s.id + NO_CHANGE_SUFFIX] = list(s.no_change_captions), DISTRACTOR
-    return gts, groups
+    return pair_references(scenes, with_no_change=with_no_change)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -176,7 +156,7 @@ def references(scenes: list[CLEVRChangeScene], *, with_no_change: bool = True
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class CLEVRChange(Dataset):
+class CLEVRChange(PairDataset):
     """CLEVR-Change scenes of one split (or a Shapes export in its layout) as IDC items (see the module docstring).
 
     Args:
@@ -184,53 +164,22 @@ class CLEVRChange(Dataset):
         split: "train", "val" or "test".
         image_size: squash every image to ``image_size`` x ``image_size`` (bicubic, no crop); None keeps the size.
 
+    :meth:`references` gives {"XXXXXX.png": change captions, "XXXXXX.png_n": no-change captions} and their groups
+    (change type / "distractor"); caption the (before, distractor) pair for the ``_n`` ids.
+
     Raises:
         FileNotFoundError: missing data (names the download command) or missing image files (lists them and names
             the verify command); no pair is ever dropped silently.
     """
 
     def __init__(self, root, split: str, *, image_size: int | None = None):
-        self.root, self.split = Path(root), split
-        self.image_size = check_image_size(image_size)
-        self.scenes = read_split(self.root, split)
-        missing = missing_files(self.scenes)
-        if missing:
-            listed = listing([p.relative_to(self.root) for p in missing])
-            raise FileNotFoundError(
-                f"{len(missing)} image files of CLEVR-Change {split} ({len(self.scenes)} scenes) are missing under "
-                f"{self.root}: {listed}. Check the download with\n  {VERIFY_COMMAND.format(root=self.root)}")
-        self.ids = [s.id for s in self.scenes]  # list[str], "XXXXXX"
-
-    def __len__(self) -> int:
-        return len(self.scenes)
-
-    def __getitem__(self, i: int) -> dict:
-        s = self.scenes[position(i, len(self))]
-        return dict(before=self._image(s.before), after=self._image(s.after), distractor=self._image(s.distractor),
-                    change_type=s.change_type, captions=list(s.captions),
-                    no_change_captions=list(s.no_change_captions), target=None, id=s.id)
-
-    def references(self, *, with_no_change: bool = True) -> tuple[dict[str, list[str]], dict[str, str]]:
-        """(gts, groups) for :func:`~idclab.metrics.captioning.score_captions_by_group` ("Total" setting).
-
-        gts: {"XXXXXX": change captions, "XXXXXX_n": no-change captions}; groups: {"XXXXXX": change type,
-        "XXXXXX_n": "distractor"}. Caption the distractor pair (before -> distractor) for the ``_n`` ids.
-        """
-        return references(self.scenes, with_no_change=with_no_change)
-
-    def _image(self, path: Path) -> np.ndarray:
-        return read_image(path, image_size=self.image_size)
-
-    def __repr__(self) -> str:
-        return (f"CLEVRChange(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
-                f"image_size={self.image_size})")
+        super().__init__(root, split, read_split(root, split), name="CLEVR-Change", verify_command=VERIFY_COMMAND,
+                         image_size=image_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
-
-
 
 
 def _change_types(mapping: dict) -> dict[int, str]:
@@ -241,7 +190,7 @@ def _change_types(mapping: dict) -> dict[int, str]:
             continue
         t = TYPE_ALIASES.get(key, key)
         for name in names:
-            n = int(str(name).split(".")[0])
+            n = scene_number(name)
             if n in type_of and type_of[n] != t:
                 twice.append(n)
                 continue

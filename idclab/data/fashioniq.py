@@ -4,10 +4,12 @@ Dataset: Wu, Gao, Guo, Al-Halah, Rennie, Grauman and Feris, "Fashion IQ: A New D
 Natural Language Feedback", CVPR 2021. Triplets (candidate product, two relative captions, target product) in three
 categories, dress, shirt and toptee; images are Amazon product photos named by their ASIN.
 Source: annotations ``captions/`` and ``image_splits/`` of ``XiaoxiaoGuo/fashion-iq`` (GitHub); image URL lists
-``image_url/asin2url.{category}.txt`` of ``hongwang600/fashion-iq-metadata``. Many of those Amazon URLs are dead:
-the usual complete copies are community mirrors (the Drive / Yandex reshares in XiaoxiaoGuo/fashion-iq issue #18, the
-Hugging Face mirror ``Plachta/FashionIQ`` with 74,381 images). Fetch what can be scripted with
-``python data_scripts/fashioniq.py download --root DIR`` (or pass a mirror's archive with ``--archive``).
+``image_url/asin2url.{category}.txt`` of ``hongwang600/fashion-iq-metadata``. Many of those Amazon URLs are dead,
+and some answer with an empty file. Community copies exist (the Drive / Yandex reshares linked from
+XiaoxiaoGuo/fashion-iq issue #18, the Hugging Face dataset ``Plachta/FashionIQ``), but none is known to be complete:
+users report mirrors with images missing. Fetch what can be scripted with
+``python data_scripts/fashioniq.py download --root DIR`` (or pass a mirror's archive with ``--archive``), then let
+``verify`` list what is still missing.
 Licence / terms: annotations under CDLA (the variant is not stated); images are Amazon product photos (Amazon
 copyright). Research use with citation; do not re-host.
 
@@ -20,15 +22,15 @@ On-disk layout (``root`` is the ``fashionIQ_dataset`` folder; ``cat`` one of dre
     images/<ASIN>.png  or  images/<ASIN>.jpg   one image per ASIN (Pic2Word / CosMo use .png, SEARLE .jpg)
 
 Images are indexed by ASIN **globally**: 3,302 ASINs appear in two categories' split files (mostly shirt <-> toptee),
-so the 77,683 entries of the nine split files are 74,381 unique images, and a 74,381-image mirror is complete
-(reference notes, ``combiner.md`` §6.1). If an ASIN has both a ``.png`` and a ``.jpg`` file, the ``.png`` is used.
+so the 77,683 entries of the nine split files are 74,381 unique images: that is the size of a complete image set.
+If an ASIN has both a ``.png`` and a ``.jpg`` file, the ``.png`` is used; an empty (0-byte) file counts as missing.
 
 Evaluation protocol (:func:`load_benchmark`, protocol ``"fashioniq"``): per category, the gallery is **every** image
 of ``split.{cat}.{split}.json`` (the "original" protocol: 3,817 / 6,346 / 5,373 val images), not the smaller union of
 references and targets some supervised papers use; the reference stays in the gallery; R@10 / R@50 per category and
 their means. Every triplet is a query: a triplet whose image is missing is an error, never dropped (Pic2Word's loader
-silently drops unreadable ones, shrinking the denominator; ``pic2word.md`` §5). The test split has no targets
-(queries can be ranked, not scored); everyone reports on val.
+silently skips unreadable images, which shrinks the number of queries recall is averaged over). The test split has
+no targets (queries can be ranked, not scored); everyone reports on val.
 
 Training items (:class:`FashionIQTriplets`, for supervised training such as the Combiner)::
 
@@ -53,11 +55,11 @@ SPLITS = ("train", "val", "test")
 CAPTION_DIRS = ("captions", "json")  # the official name, then Pic2Word's
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # in order of preference when an ASIN has several files
 
-# [count] of XiaoxiaoGuo/fashion-iq @ f71b16c (reference notes, combiner.md §6.1 and metrics_and_data.md §4.5).
+# Counted from the annotation files of XiaoxiaoGuo/fashion-iq (commit f71b16c).
 EXPECTED_TRIPLETS = {
     "train": {"dress": 5_985, "shirt": 5_988, "toptee": 6_027},
     "val": {"dress": 2_017, "shirt": 2_038, "toptee": 1_961},
-    "test": {"dress": None, "shirt": None, "toptee": None},  # not counted in the reference notes
+    "test": {"dress": 2_024, "shirt": 2_038, "toptee": 2_056},
 }
 EXPECTED_IMAGES = {  # entries of split.{cat}.{split}.json = the gallery sizes
     "train": {"dress": 11_452, "shirt": 19_036, "toptee": 16_121},
@@ -69,8 +71,8 @@ EXPECTED_UNIQUE_ASINS = 74_381  # unique ASINs over all splits and categories: t
 
 DOWNLOAD_COMMAND = "python data_scripts/fashioniq.py download --root {root}"
 VERIFY_COMMAND = "python data_scripts/fashioniq.py verify --root {root}"
-MIRRORS = ("the reshares listed in github.com/XiaoxiaoGuo/fashion-iq/issues/18, or the Hugging Face mirror "
-           "Plachta/FashionIQ (74,381 images); pass a mirror's archive with --archive")
+MIRRORS = ("a community copy (the reshares linked from github.com/XiaoxiaoGuo/fashion-iq/issues/18, or the Hugging "
+           "Face dataset Plachta/FashionIQ; none is known to be complete); pass its archive with --archive")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -159,7 +161,10 @@ def read_image_split(root, split: str, category: str) -> list[str]:
 
 
 def image_index(root) -> dict[str, Path]:
-    """{ASIN: image path} of every image in ``root/images`` (one directory scan; ``.png`` preferred over ``.jpg``)."""
+    """{ASIN: image path} of every image in ``root/images`` (one directory scan; ``.png`` preferred over ``.jpg``).
+
+    Empty (0-byte) files are left out: some dead Amazon URLs answer with one, and it is as missing as no file.
+    """
     folder = Path(root) / "images"
     if not folder.is_dir():
         return {}
@@ -168,7 +173,7 @@ def image_index(root) -> dict[str, Path]:
         for entry in it:
             stem, suffix = os.path.splitext(entry.name)
             rank = IMAGE_SUFFIXES.index(suffix.lower()) if suffix.lower() in IMAGE_SUFFIXES else None
-            if rank is not None and (stem not in found or rank < found[stem][0]):
+            if rank is not None and (stem not in found or rank < found[stem][0]) and entry.stat().st_size > 0:
                 found[stem] = (rank, folder / entry.name)
     return {asin: path for asin, (_, path) in found.items()}
 

@@ -1,7 +1,7 @@
 """Unlabelled images: a folder tree or a CC3M-style TSV (Pic2Word's training images, ``idclab retrieve --gallery``).
 
-Pic2Word trains its mapping network on images alone: the CC3M captions are read and then ignored (``pic2word.md``
-§1.4). Its loader takes a tab-separated file with a header and the columns ``filepath`` and ``title``
+Pic2Word trains its mapping network on images alone: its loader reads the CC3M captions and its loss ignores them.
+Its loader takes a tab-separated file with a header and the columns ``filepath`` and ``title``
 (``--csv-img-key filepath --csv-caption-key title --csv-separator`` TAB; the README's
 ``Train_GCC-training_output.csv``).
 Source of such images: any folder you have the right to use, typically CC3M fetched with img2dataset
@@ -17,7 +17,9 @@ squashes to [S, S, 3], bicubic, no crop):
       root/any/depth/name.{jpg,jpeg,png,gif,bmp,webp,tif,tiff}   (suffix case-insensitive; hidden files skipped)
 
 * :class:`CSVImages` (``csv_path``): the rows of a Pic2Word-style TSV; relative paths are resolved against the
-  folder that holds the TSV. ``python data_scripts/image_folder.py prepare --images DIR --out FILE.tsv`` writes one.
+  folder that holds the TSV (Pic2Word resolves them against its working directory instead).
+  ``python data_scripts/image_folder.py prepare --images DIR --out FILE.tsv`` writes one with absolute paths, which
+  both read the same way from any working directory.
 
 Nothing is dropped silently: missing files are listed when the dataset is built, and :func:`check_readable` (or
 ``python data_scripts/image_folder.py verify``) finds the files that exist but do not open.

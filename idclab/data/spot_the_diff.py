@@ -23,7 +23,11 @@ them the same way; its test ground truth holds the 2,107 sentences of the 1,270 
 Items (the interface of :class:`~idclab.data.shapes.ShapesPairs`, without a distractor)::
 
     dict(before=uint8 [H, W, 3], after=uint8 [H, W, 3], change_type="change", captions=list[str],
-         no_change_captions=[], target=None, id="<img_id>")
+         no_change_captions=[], target=None, id="<img_id>.png")
+
+Ids are the before image's file name, ``<img_id>.png``, as in CLIP4IDC's ground truth
+(``gt/spot_total_change_captions_reformat.json``) and result files, so they line up with idclab's;
+:func:`~idclab.data._common.png_id` turns the older idclab form (the bare ``<img_id>``) into it.
 
 There is no "distractor" key: :class:`idclab.models.clip4idc.PairSamples` must run with ``distractor_swap_p=0``
 and ``no_change=False``. ``image_size`` squashes images to a square (bicubic, no crop; CLIP4IDC's preprocessing).
@@ -33,18 +37,13 @@ of its sentences; every id is in group "change".
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
-from idclab.data._common import MAX_LISTED, read_image, check_image_size, position, listing
+from idclab.data._common import MAX_LISTED, IDCPair, PairDataset, listing, pair_references, read_json
 
 SPLITS = ("train", "val", "test")
 GROUP = "change"  # Spot-the-Diff has no change types: every pair is in this one group
-# [count] of the released annotation files (reference notes, metrics_and_data.md §4.2).
+# Counted from the released annotation files of harsh19/spot-the-diff.
 EXPECTED = {  # split -> (entries, unique pairs, sentences)
     "train": (9_524, 8_566, 17_676),
     "val": (1_634, 1_493, 3_310),
@@ -60,15 +59,6 @@ VERIFY_COMMAND = "python data_scripts/spot_the_diff.py verify --root {root}"
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SpotPair:
-    id: str  # img_id
-    before: Path
-    after: Path
-    captions: tuple[str, ...]  # every sentence of every entry of this img_id, in file order
-    entries: int  # how many annotation entries were merged
-
-
 def annotation_path(root, split: str) -> Path:
     if split not in SPLITS:
         raise ValueError(f"Unknown Spot-the-Diff split {split!r}; use one of {SPLITS}.")
@@ -82,10 +72,7 @@ def read_entries(root, split: str) -> list[dict]:
         what = f"No Spot-the-Diff data at {root}" if not Path(root).is_dir() else f"{path} is missing"
         raise FileNotFoundError(f"{what}. Download the annotations and images with:\n  "
                                 f"{DOWNLOAD_COMMAND.format(root=root)}")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); it may be truncated: download it again.") from None
+    entries = read_json(path)
     bad = [n for n, e in enumerate(entries) if not (isinstance(e, dict) and "img_id" in e
                                                     and isinstance(e.get("sentences"), list))]
     if bad:
@@ -94,8 +81,9 @@ def read_entries(root, split: str) -> list[dict]:
     return entries
 
 
-def merge_entries(root, entries: list[dict]) -> list[SpotPair]:
-    """One pair per distinct img_id (first-appearance order), with the sentences of all its entries."""
+def merge_entries(root, entries: list[dict]) -> list[IDCPair]:
+    """One pair per distinct img_id (first-appearance order, id "<img_id>.png"), with the sentences of all its
+    entries in file order."""
     sentences: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     for e in entries:
@@ -103,10 +91,11 @@ def merge_entries(root, entries: list[dict]) -> list[SpotPair]:
         sentences.setdefault(key, []).extend(e["sentences"])
         counts[key] = counts.get(key, 0) + 1
     images = Path(root) / "images"
-    return [SpotPair(k, images / f"{k}.png", images / f"{k}_2.png", tuple(v), counts[k]) for k, v in sentences.items()]
+    return [IDCPair(f"{k}.png", images / f"{k}.png", images / f"{k}_2.png", tuple(v), change_type=GROUP,
+                    entries=counts[k]) for k, v in sentences.items()]
 
 
-def read_split(root, split: str) -> list[SpotPair]:
+def read_split(root, split: str) -> list[IDCPair]:
     """The merged pairs of ``split``. Raises FileNotFoundError (naming the download command) if data is missing."""
     pairs = merge_entries(root, read_entries(root, split))
     if not pairs:
@@ -119,21 +108,9 @@ def read_split(root, split: str) -> list[SpotPair]:
     return pairs
 
 
-def missing_files(pairs: list[SpotPair]) -> list[Path]:
-    """Image files of ``pairs`` that do not exist, in pair order (one directory listing)."""
-    listings: dict[Path, set[str]] = {}
-
-    def exists(path: Path) -> bool:
-        if path.parent not in listings:
-            listings[path.parent] = set(os.listdir(path.parent)) if path.parent.is_dir() else set()
-        return path.name in listings[path.parent]
-
-    return [f for p in pairs for f in (p.before, p.after) if not exists(f)]
-
-
-def references(pairs: list[SpotPair]) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """(gts {img_id: all sentences}, groups {img_id: "change"})."""
-    return {p.id: list(p.captions) for p in pairs}, {p.id: GROUP for p in pairs}
+def references(pairs: list[IDCPair]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """(gts {"<img_id>.png": all sentences}, groups {"<img_id>.png": "change"})."""
+    return pair_references(pairs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,7 +118,7 @@ def references(pairs: list[SpotPair]) -> tuple[dict[str, list[str]], dict[str, s
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class SpotTheDiff(Dataset):
+class SpotTheDiff(PairDataset):
     """Spot-the-Diff pairs of one split, repeated img_ids merged (see the module docstring).
 
     Args:
@@ -149,41 +126,13 @@ class SpotTheDiff(Dataset):
         split: "train", "val" or "test".
         image_size: squash every image to ``image_size`` x ``image_size`` (bicubic, no crop); None keeps the size.
 
+    :meth:`references` gives {"<img_id>.png": every sentence of the pair} and {"<img_id>.png": "change"}.
+
     Raises:
         FileNotFoundError: missing data (names the download command) or missing image files (lists them and names
             the verify command); no pair is ever dropped silently.
     """
 
     def __init__(self, root, split: str, *, image_size: int | None = None):
-        self.root, self.split = Path(root), split
-        self.image_size = check_image_size(image_size)
-        self.pairs = read_split(self.root, split)
-        missing = missing_files(self.pairs)
-        if missing:
-            listed = listing([p.relative_to(self.root) for p in missing])
-            raise FileNotFoundError(
-                f"{len(missing)} image files of Spot-the-Diff {split} ({len(self.pairs)} pairs) are missing under "
-                f"{self.root}: {listed}. Check the download with\n  {VERIFY_COMMAND.format(root=self.root)}")
-        self.ids = [p.id for p in self.pairs]  # list[str], img_ids
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> dict:
-        p = self.pairs[position(i, len(self))]
-        return dict(before=read_image(p.before, image_size=self.image_size),
-                    after=read_image(p.after, image_size=self.image_size), change_type=GROUP,
-                    captions=list(p.captions), no_change_captions=[], target=None, id=p.id)
-
-    def references(self) -> tuple[dict[str, list[str]], dict[str, str]]:
-        """(gts {img_id: every sentence of the pair}, groups {img_id: "change"}) for the caption metrics."""
-        return references(self.pairs)
-
-    def __repr__(self) -> str:
-        return (f"SpotTheDiff(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
-                f"image_size={self.image_size})")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Helpers (the same small ones as clevr_change.py: each dataset file reads alone)
-# ----------------------------------------------------------------------------------------------------------------
+        super().__init__(root, split, read_split(root, split), name="Spot-the-Diff", verify_command=VERIFY_COMMAND,
+                         image_size=image_size)
