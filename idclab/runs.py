@@ -83,7 +83,8 @@ def apply_options(config: Any, stages: tuple[str, ...] = (), **options) -> Any:
         name = COMMON_OPTIONS[key]
         if key == "pretrained":
             value = None if str(value).lower() == "none" else value
-        parts = [("", config)] + [(s, getattr(config, s)) for s in (*stages, "encoder") if hasattr(config, s)]
+        parts = [("", config)] + [(s, getattr(config, s)) for s in (*stages, "encoder")
+                                  if dataclasses.is_dataclass(getattr(config, s, None))]
         hits = 0
         for part, obj in parts:
             if any(f.name == name for f in dataclasses.fields(obj)):
@@ -192,8 +193,9 @@ def record_stage(run_dir: str | Path, *, method: str, config: Any, stage: str, e
         raise ValueError(f"{run_dir} holds a {run.get('method')} run, not {method}; use another --out.")
     run["config"] = to_dict(config)
     run["stages"][stage] = entry
+    run["last_stage"] = stage  # what load(run) gives without a stage
     tmp = run_dir / f".{RUN_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(run, indent=2) + "\n")
     os.replace(tmp, run_dir / RUN_FILE)
 
 
@@ -234,7 +236,7 @@ def _selected(run_dir: Path, stage: str | None, hint: str) -> Path:
     if run is not None and run.get("stages"):
         stages = run["stages"]
         if stage is None:
-            stage = list(stages)[-1]
+            stage = run.get("last_stage", list(stages)[-1])
         if stage not in stages:
             raise FileNotFoundError(f"The run in {run_dir} has no {stage!r} stage (it has {list(stages)}).")
         chosen = resolve_relative(stages[stage]["selected"], run_dir)

@@ -77,13 +77,14 @@ def test_shapes_export_writes_the_clevr_change_layout(tmp_path):
 def test_train_then_eval_clip_smoke(tmp_path):
     out = json.loads(idclab("train", "clip", "--profile", "smoke", "--out", tmp_path / "run",
                             "--export", tmp_path / "asset.pt").stdout)
-    assert out["steps"] == 6 and (tmp_path / "run" / "best.pt").exists()
+    assert out["stages"]["pretrain"]["steps"] == 6 and (tmp_path / "run" / "pretrain" / "best.pt").exists()
     for key in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10"):
         assert 0.0 <= out["test"][key] <= 100.0
-    ev = json.loads(idclab("eval", "clip", "--model", tmp_path / "run" / "best.pt").stdout)
+    ev = json.loads(idclab("eval", "clip", "--model", tmp_path / "run").stdout)
     assert ev["gallery_size"] == 64 and set(out["test"]) <= set(ev) | {"split"}
 
 
 def test_eval_clip_refuses_a_non_checkpoint(tmp_path):
     proc = idclab("eval", "clip", "--model", tmp_path / "nope.pt", check=False)
-    assert proc.returncode != 0 and "neither 'shapes-clip' nor an existing checkpoint" in proc.stderr
+    assert proc.returncode != 0 and "No checkpoint or run folder at" in proc.stderr
+    assert "Traceback" not in proc.stderr

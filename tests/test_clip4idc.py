@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from idclab import backbones as bb
 from idclab.data.shapes import ShapesPairs
+from idclab import runs
 from idclab.models import clip4idc as c
 from idclab.train import Trainer
 
@@ -376,16 +377,16 @@ def test_trainer_runs_both_stages_and_stage2_starts_from_stage1(pairs, tmp_path)
     cfg = c.trainer_config(SMOKE.adapt, len(samples), max_steps=6, log_every=1, progress=False)
     result = Trainer(model, c.CLIP4IDC.loss, samples, config=cfg, collate_fn=model.collate(),
                      param_groups=c.param_groups(model, SMOKE.adapt), out_dir=tmp_path / "adapt",
-                     extra=dict(model=model.model_config(), config=SMOKE.to_dict()), device="cpu").fit()
+                     header=runs.make_header("clip4idc", "adapt", SMOKE, model.model_config()), device="cpu").fit()
     assert len(result.history) == 6 and all(np.isfinite(h["loss"]) and "ip_t" in h for h in result.history)
     state = model.state_dict()
     assert not torch.equal(state["encoder.joint_positional_embedding"], before["encoder.joint_positional_embedding"])
     assert not torch.equal(state["encoder.clip.visual.proj"], before["encoder.clip.visual.proj"])
     assert torch.equal(state["encoder.clip.visual.conv1.weight"], before["encoder.clip.visual.conv1.weight"])
 
-    ckpt = torch.load(tmp_path / "adapt" / "last.pt", weights_only=False)
+    ckpt = runs.read(tmp_path / "adapt" / "last.pt")
     captioner = build("caption", seed=1)
-    captioner.load_adapted(ckpt["model"], saved_config=ckpt["extra"]["model"])
+    captioner.load_adapted(ckpt["model"], saved_config=ckpt["header"]["architecture"])
     for k, v in state.items():
         assert torch.equal(captioner.state_dict()[k], v), k
     samples = c.PairSamples.for_stage(pairs, SMOKE.caption)

@@ -9,10 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from idclab import cli
+from idclab import cli, runs
 from idclab.data.shapes import CHANGE_TYPES, ShapesPairs
 from idclab.models import clip4idc as c
-from idclab.train import Trainer, load_checkpoint
+from idclab.train import Trainer
+
+load_checkpoint = runs.read
 
 SMOKE = c.config_for("shapes", "smoke")
 
@@ -38,14 +40,17 @@ def images(tmp_path_factory):
 
 def test_train_writes_both_stages_and_captioning_starts_from_adaptation(run, capsys):
     adapt, cap = load_checkpoint(run / "adapt" / "best.pt"), load_checkpoint(run / "caption" / "best.pt")
-    assert adapt["extra"]["stage"] == "adapt" and cap["extra"]["stage"] == "caption"
-    assert cap["extra"]["init"] == str(run / "adapt" / "best.pt")
-    assert cap["extra"]["config"] == SMOKE.to_dict()
-    assert adapt["result"]["best"]["step"] == SMOKE.adapt.max_steps  # validated (on val) at the end
-    assert "t_ip_R@1" in adapt["result"]["best"] and "CIDEr" in cap["result"]["best"]
+    assert adapt["header"]["stage"] == "adapt" and cap["header"]["stage"] == "caption"
+    assert adapt["header"]["method"] == cap["header"]["method"] == "clip4idc"
+    record = runs.read_run(run)
+    assert record["stages"]["caption"]["init"] == "adapt/best.pt"  # relative to the run folder
+    assert record["stages"]["adapt"]["selected"] == "adapt/best.pt"
+    assert cap["header"]["config"] == SMOKE.to_dict()
+    assert adapt["selection"]["step"] == SMOKE.adapt.max_steps  # validated (on val) at the end
+    assert "t_ip_R@1" in adapt["selection"] and "CIDEr" in cap["selection"]
     # Chosen on val: the trainer only ever saw the val split (cfg.shapes_pairs[1] pairs).
-    assert c.resolve_checkpoint(run) == run / "caption" / "best.pt"
-    assert c.resolve_checkpoint(run, stages=("adapt",)) == run / "adapt" / "best.pt"
+    assert runs.resolve_checkpoint(run) == run / "caption" / "best.pt"
+    assert runs.resolve_checkpoint(run, "adapt") == run / "adapt" / "best.pt"
 
 
 def test_eval_prints_caption_metrics_per_change_type_and_retrieval(run, capsys):
@@ -62,7 +67,7 @@ def test_eval_prints_caption_metrics_per_change_type_and_retrieval(run, capsys):
         assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} <= set(scores)
         assert all(np.isfinite(v) and v >= 0 for v in scores.values())
     # The same numbers from the Python API, on the model the CLI loaded.
-    model = c.load_model(run)
+    model = c.load(run)
     pairs = c.load_pairs(model.cfg, "test", image_size=32)
     assert c.evaluate_captions(model, pairs)["overall"] == pytest.approx(groups["overall"])
 
@@ -71,7 +76,7 @@ def test_caption_command_equals_the_python_function(run, images, capsys):
     capsys.readouterr()
     cli.main(["caption", str(images["before"]), str(images["after"]), "--checkpoint", str(run)])
     printed = capsys.readouterr().out.strip()
-    model = c.load_model(run)
+    model = c.load(run)
     assert printed == c.caption(images["before"], images["after"], model)
     assert printed == c.caption(Image.open(images["before"]), np.asarray(Image.open(images["after"])), run)
     beam = c.caption(images["before"], images["after"], model, beam=3)
@@ -79,7 +84,7 @@ def test_caption_command_equals_the_python_function(run, images, capsys):
 
 
 def test_caption_converts_modes_and_warns_on_different_sizes(run, images):
-    model = c.load_model(run)
+    model = c.load(run)
     rgb = np.asarray(Image.open(images["before"]))
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)  # opaque: same picture
     assert c.caption(rgba, images["after"], model) == c.caption(rgb, images["after"], model)
@@ -93,26 +98,30 @@ def test_caption_converts_modes_and_warns_on_different_sizes(run, images):
 
 
 def test_stage1_checkpoint_cannot_caption(run, images):
-    with pytest.raises(RuntimeError, match="caption/best.pt"):
+    with pytest.raises(ValueError, match="caption/best.pt"):
         c.caption(images["before"], images["after"], run / "adapt" / "best.pt")
 
 
 def test_ablation_stages_caption_alone_and_frozen_clip(tmp_path):
     import dataclasses
 
-    frozen = dataclasses.replace(SMOKE, caption=dataclasses.replace(SMOKE.caption, freeze_clip=True, max_steps=2))
-    model, result = c.train_stage(frozen, "caption", tmp_path / "frozen", progress=False, device="cpu")
-    torch.manual_seed(frozen.caption.seed)  # train_stage's seeded initialisation (idc-micro has random weights)
+    frozen = c.config_for("shapes", "smoke", freeze_clip=True, caption_steps=2)
+    assert frozen == dataclasses.replace(SMOKE, caption=dataclasses.replace(SMOKE.caption, freeze_clip=True,
+                                                                            max_steps=2))
+    result = c.train(frozen, tmp_path / "frozen", stages=("caption",), progress=False, device="cpu")["caption"]
+    model = c.load(tmp_path / "frozen", device="cpu")
+    torch.manual_seed(frozen.caption.seed)  # the stage's seeded initialisation (idc-micro has random weights)
     fresh = c.CLIP4IDC(frozen, stage="caption")
     clip_now, clip_then = model.clip.state_dict(), fresh.clip.state_dict()
     assert all(torch.equal(clip_now[k], clip_then[k]) for k in clip_now)  # CLIP untouched
-    assert load_checkpoint(result.best_checkpoint)["extra"]["init"] is None
+    assert runs.read_run(tmp_path / "frozen")["stages"]["caption"]["init"] is None
+    assert model.stage == "caption" and load_checkpoint(result.selected)["header"]["stage"] == "caption"
     assert not any(p.requires_grad for p in model.clip.parameters())
 
 
 def test_bad_inputs_have_clear_errors(tmp_path, run):
     with pytest.raises(FileNotFoundError, match="idclab train clip4idc"):
-        c.resolve_checkpoint(tmp_path)  # an empty folder
+        c.load(tmp_path)  # an empty folder
     with pytest.raises(ValueError, match="data_scripts/clevr_change.py download"):
         c.load_pairs(c.config_for("clevr", "paper"), "train")  # no --root
     with pytest.raises(FileNotFoundError, match="data_scripts/spot_the_diff.py download"):
@@ -124,19 +133,26 @@ def test_bad_inputs_have_clear_errors(tmp_path, run):
     # A checkpoint of another model: refused by name.
     other = torch.nn.Linear(2, 2)
     Trainer(other, lambda m, b: m(b).sum(), torch.zeros(4, 2), config=c.TrainConfig(max_steps=1, batch_size=2, lr=0.1,
-            progress=False), out_dir=tmp_path / "other", extra=dict(stage="combiner")).fit()
-    with pytest.raises(ValueError, match="not a CLIP4IDC checkpoint"):
-        c.load_model(tmp_path / "other" / "last.pt")
+            progress=False), out_dir=tmp_path / "other",
+            header=runs.make_header("combiner", "combiner", {}, {})).fit()
+    with pytest.raises(ValueError, match="combiner checkpoint .*not clip4idc"):
+        c.load(tmp_path / "other" / "last.pt")
     # A stage-1 checkpoint of another backbone cannot start captioning.
     tiny = c.config_for("shapes", "smoke")
     other_backbone = c.dataclasses.replace(tiny, encoder=c.dataclasses.replace(tiny.encoder, backbone="idc-tiny"),
                                            decoder=c.dataclasses.replace(tiny.decoder, width=128))
     with pytest.raises(ValueError, match="differs"):
-        c.train_stage(other_backbone, "caption", None, init=run, progress=False)
+        c.train(other_backbone, tmp_path / "b", stages=("caption",), init=run, progress=False)
+    with pytest.raises(ValueError, match="--stage caption"):
+        c.train(SMOKE, tmp_path / "c", init=run)  # init with the adaptation stage in the same call
+    with pytest.raises(ValueError, match="beam"):
+        c.evaluate(run, beam=0)
+    with pytest.raises(ValueError, match="--n must be >= 1"):
+        c.evaluate(run, limit=0)
 
 
 def test_evaluation_never_swallows_errors(run):
-    model = c.load_model(run)
+    model = c.load(run)
 
     class Mislabelled(ShapesPairs):
         def references(self, *, with_no_change=True):
