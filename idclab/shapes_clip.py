@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from idclab import backbones, runs
-from idclab.configs import from_dict, get_profile, pick_device, save_json
+from idclab.configs import from_dict, get_profile, pick_device, save_json, to_dict
 from idclab.data import shapes
 from idclab.data.shapes import STYLES, ShapesCaptions
 from idclab.losses import symmetric_info_nce
@@ -61,6 +61,13 @@ class ClipPretrainConfig:
     max_logit_scale: float = 100.0  # CLIP clamps the learnable inverse temperature at 100
     precision: str = "auto"
     num_workers: int = 0
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClipPretrainConfig:
+        return from_dict(cls, data)
 
 
 def config_for(dataset: str = "shapes", profile: str | None = None, **options) -> ClipPretrainConfig:
@@ -268,7 +275,7 @@ def load(run_or_checkpoint: str | Path, *, stage: str | None = None, device: str
     """The pretrained CLIP of a run folder or checkpoint (architecture from the header, then its weights)."""
     path = runs.resolve_checkpoint(run_or_checkpoint, stage, method=METHOD)
     state = runs.read(path)
-    config = from_dict(ClipPretrainConfig, state["header"]["config"])
+    config = ClipPretrainConfig.from_dict(state["header"]["config"])
     model = backbones.load_clip(config.arch)
     model.load_state_dict(state["model"])
     model.checkpoint_info = dict(path=str(path), selected_on_val=state.get("selection"), config=config)

@@ -1033,7 +1033,7 @@ def _train_stage(cfg: CLIP4IDCConfig, stage: str, out: Path, *, root, init: Path
     tcfg = trainer_config(st, len(samples), eval_every=st.eval_every, ckpt_every=st.ckpt_every or st.eval_every,
                           ckpt_minutes=cfg.ckpt_minutes, precision=cfg.precision, num_workers=cfg.num_workers,
                           select_metric=select, progress=progress)
-    header = runs.make_header(METHOD, stage, cfg, model.model_config())
+    header = runs.make_header(METHOD, stage, cfg, {**backbones.model_config(model.clip), **model.model_config()})
     trainer = Trainer(model, CLIP4IDC.loss, samples, config=tcfg, out_dir=out / stage, collate_fn=model.collate(),
                       val_fn=val_fn, param_groups=param_groups(model, st), header=header, on_step=on_step,
                       device=device)
