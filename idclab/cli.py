@@ -2,12 +2,14 @@
 
     idclab shapes export --task idc|cir --split S --n N --out DIR     write Shapes data in the real datasets' layouts
     idclab train clip|clip4idc|pic2word|combiner --out DIR [flags]     train a method (the same flags for all four)
+    idclab ablate clip4idc --seeds 3 --out DIR                         the paper's ablation with seeds and verdicts
     idclab eval clip --model shapes-clip|RUN                           text<->image R@1/5/10 on held-out Shapes (JSON)
     idclab eval clip4idc --checkpoint RUN                              caption metrics per change type, retrieval (JSON)
     idclab caption BEFORE AFTER --checkpoint RUN [--beam N]            describe what changed between two images
     idclab score-captions GTS.json RES.json [--groups G.json]          BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (JSON)
     idclab eval cir --method M --benchmark B [--checkpoint RUN]        composed retrieval: M beside the 3 baselines (JSON)
     idclab retrieve --image IMG --text T --gallery DIR --method M      top-k of a folder for one composed query
+    idclab data download|prepare|verify DATASET --root DIR [...]       the data_scripts/ of the papers' datasets
 
 Every ``idclab train`` takes --profile, --dataset, --out, --root, --stage, --resume, --overwrite, --pretrained,
 --batch-size, --steps (and --STAGE-steps), --precision, --device, --num-workers, --seed, --eval-every, --ckpt-every.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -133,20 +136,48 @@ def add_train_parser(train, what: str) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def cmd_ablate_clip4idc(args) -> None:
+    options = dict(pretrained=args.pretrained, batch_size=args.batch_size, steps=args.steps,
+                   adapt_steps=args.adapt_steps, caption_steps=args.caption_steps, precision=args.precision,
+                   num_workers=args.num_workers, eval_every=args.eval_every, ckpt_every=args.ckpt_every)
+    _print_json(clip4idc.ablate(args.out, dataset=args.dataset, profile=args.profile, seeds=args.seeds,
+                                root=args.root, split=args.split, limit=args.n, device=args.device, **options))
+
+
+def add_ablate_parser(sub) -> None:
+    p = sub.add_parser("ablate", help="a paper's ablation with seeds: per-seed values, mean, sd and verdicts (JSON)"
+                       ).add_subparsers(dest="what", required=True)
+    a = p.add_parser("clip4idc", help="CLIP4IDC: captioners without adaptation (CLIP frozen / fine-tuned) vs with it")
+    a.add_argument("--profile", choices=["smoke", "toy", "paper"], default=None)
+    a.add_argument("--dataset", choices=DATASETS["clip4idc"], default="shapes")
+    a.add_argument("--root", type=Path, default=None, help="dataset folder for clevr, spot, ier")
+    a.add_argument("--out", type=Path, required=True, help="one run folder per row and seed goes here")
+    a.add_argument("--seeds", type=int, default=3, help="seeds per row (0, 1, ...); a spread needs at least 2")
+    a.add_argument("--split", choices=["val", "test"], default="test")
+    a.add_argument("--n", type=int, default=None, help="score the first N pairs only")
+    for flag in ("--batch-size", "--steps", "--adapt-steps", "--caption-steps", "--num-workers", "--eval-every",
+                 "--ckpt-every"):
+        a.add_argument(flag, type=int, default=None)
+    a.add_argument("--pretrained", default=None)
+    a.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
+    a.add_argument("--device", default=None)
+    a.set_defaults(func=cmd_ablate_clip4idc)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # eval clip
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 def cmd_eval_clip(args) -> None:
-    if args.n is not None and args.n < 1:
-        raise ValueError(f"--n must be >= 1 (gallery size), got {args.n}.")
+    if args.n is not None and args.n < 10:
+        raise ValueError(f"--n must be >= 10 (the gallery size; R@10 needs at least 10 images), got {args.n}.")
     if args.model == backbones.SHAPES_CLIP or args.model in backbones.TINY_CONFIGS:
-        model, seed, n = backbones.load_clip(args.model), 0, args.n or 1000
+        model, seed, n = backbones.load_clip(args.model), 0, 1000 if args.n is None else args.n
     else:
         model = shapes_clip.load(args.model)
         config = model.checkpoint_info["config"]
-        seed, n = config.seed, args.n or config.n_test
+        seed, n = config.seed, config.n_test if args.n is None else args.n
     report = dict(model=args.model, **shapes_clip.evaluate_retrieval(model, split=args.split, n=n, seed=seed))
     report.update(shapes_clip.attribute_probe(model, seed=seed))
     _print_json(report)
@@ -174,10 +205,18 @@ def _retriever(args):
     """The retriever that --method names, and the CLIP and prompts of its baselines: pic2word or combiner from
     --checkpoint; a baseline on a run's CLIP (a Combiner run's fine-tuned or frozen one with the Combiner's
     prompts, or a Pic2Word run's), or on --backbone."""
+    if args.clip_checkpoint is not None and args.checkpoint is None:
+        raise ValueError("--clip-checkpoint goes with --checkpoint COMBINER.pt (the authors' released Combiner).")
+    if args.checkpoint is not None and combiner.released_kind(args.checkpoint, trust=args.trust_checkpoint) is not None:
+        return _released_retriever(args)
     if args.method in ("pic2word", "combiner", "raw_sum") and args.checkpoint is None:
         raise ValueError(f"--method {args.method} needs --checkpoint (a run folder of `idclab train "
                          f"{'combiner' if args.method == 'raw_sum' else args.method}`).")
-    method = None if args.checkpoint is None else runs.read_header(args.checkpoint)["method"]
+    try:
+        method = None if args.checkpoint is None else runs.read_header(args.checkpoint)["method"]
+    except runs.UnsafeCheckpointError as err:
+        raise runs.UnsafeCheckpointError(f"{err} If it is an authors' released file from a source you trust, pass "
+                                         "--trust-checkpoint.") from None
     if args.method == "pic2word" or (method == "pic2word" and args.method in cir.Baseline.METHODS):
         model = pic2word.load(runs.resolve_checkpoint(args.checkpoint, method="pic2word"))
         if args.method == "pic2word":
@@ -188,8 +227,28 @@ def _retriever(args):
         return r, (None if args.method == "combiner" else r.clip), combiner.PROMPTS
     if method is not None:
         raise ValueError(f"{args.checkpoint} is a {method} run; eval cir takes a pic2word or combiner run.")
-    clip = backbones.load_clip(args.backbone, args.pretrained)
+    clip = backbones.load_clip(args.backbone or backbones.SHAPES_CLIP, args.pretrained)
     return cir.Baseline(clip, args.method, preprocess=args.preprocess), clip, None
+
+
+def _released_retriever(args):
+    """CLIP4Cir's released files: --checkpoint COMBINER.pt [--clip-checkpoint CLIP.pt] on --backbone (default
+    RN50x4-quickgelu; its --pretrained weights, default openai, only without --clip-checkpoint)."""
+    kind = combiner.released_kind(args.checkpoint, trust=args.trust_checkpoint)
+    if kind != "Combiner":
+        raise ValueError(f"{args.checkpoint} is CLIP4Cir's released {kind}; pass it as --clip-checkpoint and the "
+                         "released Combiner as --checkpoint.")
+    if args.method == "pic2word":
+        raise ValueError(f"{args.checkpoint} is a released Combiner; use --method combiner (or a baseline).")
+    pretrained = None if args.clip_checkpoint is not None else (args.pretrained or "openai")
+    r = combiner.load_released(args.checkpoint, clip_file=args.clip_checkpoint,
+                               backbone=args.backbone or "RN50x4-quickgelu", pretrained=pretrained,
+                               trust=args.trust_checkpoint)
+    if args.method == "combiner":
+        return r, None, combiner.PROMPTS
+    if args.method == "raw_sum":
+        return combiner.SumRetriever(r.clip, preprocess=r.preprocess), r.clip, combiner.PROMPTS
+    return cir.Baseline(r.clip, args.method, prompts=combiner.PROMPTS, preprocess=r.preprocess), r.clip, None
 
 
 def cmd_eval_cir(args) -> None:
@@ -219,7 +278,8 @@ def cmd_retrieve(args) -> None:
     kind, text = ("domain", args.domain) if args.domain else ("cirr", args.text)
     if text is None:
         raise ValueError("Give the modification with --text \"...\" (or a target domain with --domain cartoon).")
-    top = cir.retrieve(method, args.image, text, args.gallery, k=args.k, kind=kind, cache_dir=args.cache_dir)
+    top = cir.retrieve(method, args.image, text, args.gallery, k=args.k, kind=kind, cache_dir=args.cache_dir,
+                       skip_bad_images=args.skip_bad_images)
     if args.grid is not None:
         images = [backbones.load_image(p) for p, _ in top]
         fig = viz.retrieval_grid([backbones.load_image(args.image)], images, [list(range(len(top)))], k=len(top),
@@ -247,6 +307,34 @@ def cmd_score_captions(args) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# data: the data_scripts/ of the repository, shipped inside the package as idclab/data_scripts/
+# ----------------------------------------------------------------------------------------------------------------------
+
+# dataset name (as `idclab train --dataset` and `eval cir --benchmark` spell it) -> data_scripts/<script>.py
+DATA_SCRIPTS = {"clevr": "clevr_change", "spot": "spot_the_diff", "ier": "image_editing_request",
+                "fashioniq": "fashioniq", "cirr": "cirr", "circo": "circo", "imagenet_r": "imagenet_r",
+                "coco": "coco_composition", "folder": "image_folder"}
+DATA_ACTIONS = ("download", "prepare", "verify", "sort-val")
+
+
+def data_scripts_dir() -> Path:
+    """The data_scripts/ folder: inside the installed package (pip install) or beside it (a checkout)."""
+    for folder in (PACKAGE_DIR / "data_scripts", PACKAGE_DIR.parent / "data_scripts"):
+        if (folder / "_common.py").is_file():
+            return folder
+    raise FileNotFoundError(f"No data_scripts/ in {PACKAGE_DIR} or beside it: this idclab was installed without them. "
+                            f"Reinstall it from the repository or a wheel built from it (pip install idclab @ git+...).")
+
+
+def cmd_data(args) -> None:
+    """Run data_scripts/<script>.py ACTION ARGS... with this Python; its exit code becomes ours."""
+    script = data_scripts_dir() / f"{DATA_SCRIPTS.get(args.dataset, args.dataset)}.py"
+    code = subprocess.call([sys.executable, str(script), args.action, *args.args])
+    if code:
+        raise SystemExit(code)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # parser
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -268,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
     for what in METHODS:
         add_train_parser(train, what)
+    add_ablate_parser(sub)
 
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     ec = ev.add_parser("clip", help="text<->image retrieval on held-out Shapes scenes")
@@ -296,8 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="raw_sum: the Combiner's stage-1 query norm(image + text) on raw features; sum: the "
                             "zero-shot baseline norm(norm(image) + norm(text))")
         p.add_argument("--checkpoint", type=Path, default=None,
-                       help="a Pic2Word or Combiner run folder (its CLIP also serves the baselines)")
-        p.add_argument("--backbone", default="shapes-clip", help="CLIP for the baselines without --checkpoint")
+                       help="a Pic2Word or Combiner run folder (its CLIP also serves the baselines), or CLIP4Cir's "
+                            "released Combiner file (recognised by its 'Combiner' entry)")
+        p.add_argument("--clip-checkpoint", type=Path, default=None,
+                       help="CLIP4Cir's released fine-tuned CLIP file (its 'CLIP' entry) for a released --checkpoint; "
+                            "without it the released Combiner runs on --backbone with --pretrained weights")
+        p.add_argument("--trust-checkpoint", action="store_true",
+                       help="allow a released file that holds pickled Python objects (loading it can run code: only "
+                            "for files from a source you trust)")
+        p.add_argument("--backbone", default=None,
+                       help="CLIP for the baselines without --checkpoint (default shapes-clip), or the architecture "
+                            "of a released checkpoint (default RN50x4-quickgelu)")
         p.add_argument("--pretrained", default=None, help="open_clip weights tag for --backbone, e.g. openai")
         p.add_argument("--preprocess", choices=["center_crop", "squash", "target_pad"], default="center_crop",
                        help="image preprocessing of the baselines")
@@ -320,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--domain", default=None, help="instead of --text: a target domain noun ('cartoon', 'sketch')")
     rt.add_argument("--gallery", type=Path, required=True, help="a folder of images (searched recursively)")
     rt.add_argument("--k", type=int, default=5)
+    rt.add_argument("--skip-bad-images", action="store_true",
+                    help="leave out gallery files that cannot be read (with a warning listing them) instead of stopping")
     rt.add_argument("--grid", type=Path, default=None, help="also write the query and its top-k as a PNG grid")
     rt.set_defaults(func=cmd_retrieve)
 
@@ -330,6 +430,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--spice", action="store_true", help="also SPICE (needs a one-time Stanford CoreNLP download)")
     sc.add_argument("--allow-empty", action="store_true", help="score empty hypotheses as empty captions (score 0)")
     sc.set_defaults(func=cmd_score_captions)
+
+    names = sorted(set(DATA_SCRIPTS) | set(DATA_SCRIPTS.values()))
+    da = sub.add_parser("data", help="download, prepare or verify a dataset of the papers (data_scripts/)",
+                        description="Runs data_scripts/<dataset>.py ACTION ... (shipped with the package). Datasets: "
+                                    + ", ".join(f"{k} ({v}.py)" for k, v in DATA_SCRIPTS.items())
+                                    + ". `idclab data ACTION DATASET --help` lists the options of one script.")
+    da.add_argument("action", choices=DATA_ACTIONS, help="sort-val: imagenet_r only; prepare: not every dataset")
+    da.add_argument("dataset", choices=names, metavar="DATASET", help=", ".join(DATA_SCRIPTS))
+    da.add_argument("args", nargs=argparse.REMAINDER, help="the script's options, e.g. --root DIR")
+    da.set_defaults(func=cmd_data)
     return parser
 
 

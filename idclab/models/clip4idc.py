@@ -1,35 +1,38 @@
 """CLIP4IDC: CLIP for image difference captioning -- the pair encoder, the adaptation stage and the captioner.
 
 Paper: Guo, Wang, Laaksonen, "CLIP4IDC: CLIP for Image Difference Captioning", AACL-IJCNLP 2022 (arXiv 2206.00629).
-Reference code: ``sushizixin/CLIP4IDC`` (commit ca49461). Facts below cite idclab's condensed reference notes,
-``clip4idc.md`` (section numbers, "§"), which cite the reference code line by line.
+Reference code: ``sushizixin/CLIP4IDC`` (commit ca49461). Comments tag where each fact comes from: [README] the
+reference README and its scripts, [code] the reference code, [derived] computed from published counts; "IDC-N" is
+trap N of the reference code, explained for readers in the book's appendix ``book/pitfalls.md``.
 
 The method in three steps:
 
-1. **Pair encoder** (§2.2). One CLIP ViT looks at both images: its first ``k`` blocks run on each image alone
+1. **Pair encoder** ([code]). One CLIP ViT looks at both images: its first ``k`` blocks run on each image alone
    ("intra"); the two token sequences then get a before/after embedding, are concatenated, get a joint positional
    embedding and a new LayerNorm, and the remaining blocks run on the pair ("inter"). ``ln_post`` and ``proj`` go on
    every token. The pair vector v is the mean of the two projected class tokens (token 0 and token T).
-2. **Adaptation** (stage 1, §4). Symmetric InfoNCE between pair vectors v and CLIP text features g of the change
-   captions, temperature fixed at 0.01. CLEVR: with p = 0.5 the "before" image is swapped for its distractor (§6).
-3. **Captioning** (stage 2, §5). A 3-layer post-LN Transformer encoder over the 2T projected visual tokens and a
+2. **Adaptation** (stage 1, [code]). Symmetric InfoNCE between pair vectors v and CLIP text features g of the change
+   captions, temperature fixed at 0.01. CLEVR: with p = 0.5 the "before" image is swapped for its distractor ([code]).
+3. **Captioning** (stage 2, [code]). A 3-layer post-LN Transformer encoder over the 2T projected visual tokens and a
    3-layer decoder whose layer i cross-attends to encoder layer i; word/position embeddings and the output projection
    are tied to CLIP's text token table. CLEVR: loss = loss(before->after, change caption) + loss(before->distractor,
    no-change caption).
 
-Deviations from the reference, each fixing one of its pitfalls (§10):
+Deviations from the reference, each fixing one of its traps (``book/pitfalls.md``):
 
 * fp32 master weights (the Trainer's AMP) instead of fp16 in-place updates, so the CLIP learning rate is a tuned
-  hyperparameter (``clip_lr``), not the nominal 1e-7 (pitfall 1, §4.5);
-* the temperature is a fixed config value; ``logit_scale`` stays frozen (pitfall 12);
-* the second class token sits at T = tokens per image, computed from the backbone (pitfall 7: hard-coded 50);
-* caption padding is ignored with index -100, not 0 (BPE id 0 is "!", pitfall 14);
-* decoding stops at EOT; beam search works (pitfall 15); the text tower is not run in stage 2 (pitfall 16);
-* global gradient clipping only (pitfall 17); the tied token table is frozen for every dataset (pitfall 19);
-* the stage-2 learning rate of the new pair parameters is an explicit field, ``pair_lr`` (pitfall 13).
+  hyperparameter (``clip_lr``), not the nominal 1e-7 (IDC-1);
+* the temperature is a fixed config value; ``logit_scale`` stays frozen (IDC-12);
+* the second class token sits at T = tokens per image, computed from the backbone (IDC-7: hard-coded 50);
+* caption padding is ignored with index -100, not 0 (BPE id 0 is "!", IDC-14);
+* decoding stops at EOT; beam search works (IDC-15); the text tower is not run in stage 2 (IDC-16);
+* global gradient clipping only (IDC-17); the tied token table is frozen for every dataset (IDC-19);
+* the stage-2 learning rate of the new pair parameters is an explicit field, ``pair_lr`` (IDC-13).
 
-Other choices: random draws (distractor swap, which caption) are seeded by the sample index, not by the epoch, so the
-Trainer's exact resume holds; with beam > 1 the greedy caption is kept as a candidate; the decoder uses the causal
+Other choices: random draws (distractor swap, which caption) are redrawn every epoch as in the reference, but from a
+generator seeded by (seed, epoch, sample index), so runs repeat and the Trainer's exact resume holds; validation (every
+epoch, as the reference) and early stopping use the val split, not test (IDC-2); a tie does not count as a gain
+for early stopping (the reference's does); with beam > 1 the greedy caption is kept as a candidate; the decoder uses the causal
 mask alone (right padding follows EOT, so a padding mask would change nothing that is scored).
 
 Reading order: small blocks -> configs and presets -> pair encoder -> captioner (with decoding) -> the model ->
@@ -53,32 +56,33 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from idclab import backbones, runs
+from idclab import backbones, runs, stats
 from idclab.configs import from_dict, get_profile, pick_device, to_dict
 from idclab.data import clevr_change, image_editing_request, shapes, spot_the_diff
 from idclab.losses import symmetric_info_nce
 from idclab.metrics.captioning import score_captions_by_group
 from idclab.metrics.retrieval import recall_at_k, topk_search
-from idclab.train import TrainConfig, Trainer, TrainResult
+from idclab.train import SCHEDULES, TrainConfig, Trainer, TrainResult, is_bias
 
 __all__ = [
     "EncoderConfig", "DecoderConfig", "StageConfig", "CLIP4IDCConfig", "config_for", "DATASETS",
     "tokens_per_image", "PairEncoder", "PostLNLayer", "Captioner", "CLIP4IDC",
-    "adaptation_loss", "captioning_loss", "caption_tensors", "PairSamples", "PairCollate",
+    "adaptation_loss", "captioning_loss", "caption_tensors", "PairSamples", "caption_counts", "PairCollate",
     "param_groups", "trainer_config", "encode_for_retrieval", "retrieval_scores", "evaluate_retrieval",
     "check_compatible", "load_pairs", "caption_pairs", "evaluate_captions", "STAGES", "train", "load", "caption",
-    "evaluate",
+    "evaluate", "ABLATION_ROWS", "ABLATION_CLAIMS", "ablate",
 ]
 
 SOT, EOT = 49406, 49407  # CLIP BPE start / end of text (backbones.get_tokenizer)
 METHOD = "clip4idc"
 STAGES = ("adapt", "caption")
 DATASETS = ("clevr", "spot", "ier", "shapes")
-# §4.4: always requires_grad=False (names inside open_clip's CLIP); logit_scale too, as tau is fixed (pitfall 12).
+SAMPLINGS = ("per_caption", "per_pair")  # samples of an epoch (PairSamples): every (pair, caption), or one per pair
+# [code]: always requires_grad=False (names inside open_clip's CLIP); logit_scale too, as tau is fixed (IDC-12).
 FROZEN_CLIP_PARTS = ("visual.conv1", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre",
                      "token_embedding", "positional_embedding", "logit_scale")
-TEXT_TOWER = ("transformer", "ln_final", "text_projection")  # unused in stage 2, hence frozen there (pitfall 16)
-NEW_PAIR_PARAMS = ("bef_embedding", "aft_embedding", "joint_positional_embedding", "ln_mid")  # §2.2
+TEXT_TOWER = ("transformer", "ln_final", "text_projection")  # unused in stage 2, hence frozen there (IDC-16)
+NEW_PAIR_PARAMS = ("bef_embedding", "aft_embedding", "joint_positional_embedding", "ln_mid")  # [code]
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Small blocks
@@ -86,7 +90,7 @@ NEW_PAIR_PARAMS = ("bef_embedding", "aft_embedding", "joint_positional_embedding
 
 
 class PostLNLayer(nn.Module):
-    """One BERT-style post-LN layer (§2.4), with an optional cross-attention sub-layer (decoder):
+    """One BERT-style post-LN layer ([code]), with an optional cross-attention sub-layer (decoder):
 
         x = LN(x + Drop(SelfAttn(x)));  [x = LN(x + Drop(CrossAttn(x, memory)))];  x = LN(x + Drop(FFN(x)))
     """
@@ -131,14 +135,14 @@ def _eval_mode(module: nn.Module):
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    backbone: str = "ViT-B-32-quickgelu"  # §1, §11 (plain "ViT-B-32" would build GELU for QuickGELU weights)
-    pretrained: str | None = "openai"  # §11
-    intra_layers: int = 9  # §2.2: blocks 0..8 per image, 9..11 joint (--intra_num_hidden_layers 9). 0: all joint;
+    backbone: str = "ViT-B-32-quickgelu"  # [code] (plain "ViT-B-32" would build GELU for QuickGELU weights)
+    pretrained: str | None = "openai"  # [code]
+    intra_layers: int = 9  # [code]: blocks 0..8 per image, 9..11 joint (--intra_num_hidden_layers 9). 0: all joint;
     #                        = number of blocks: no joint block (the images meet only in ln_mid / the captioner)
-    max_words: int = 32  # §3: caption length for the text tower, SOT and EOT included
-    temperature: float | None = 0.01  # §4.1: clamped logit scale 100 trained at 1e-7 = a fixed tau (pitfall 12);
+    max_words: int = 32  # [README]: caption length for the text tower, SOT and EOT included
+    temperature: float | None = 0.01  # [code]: clamped logit scale 100 trained at 1e-7 = a fixed tau (IDC-12);
     #                                   None: the backbone's own learned 1 / logit_scale, frozen (0.01 for OpenAI CLIP)
-    frozen: tuple[str, ...] = FROZEN_CLIP_PARTS  # §4.4
+    frozen: tuple[str, ...] = FROZEN_CLIP_PARTS  # [code]
 
     def __post_init__(self):
         if self.intra_layers < 0 or (self.temperature is not None and self.temperature <= 0) or self.max_words < 2:
@@ -147,15 +151,15 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    layers: int = 3  # §2.4 decoder_config.json num_decoder_layers (also the caption-encoder depth: layer-wise)
-    width: int = 512  # §2.4 hidden 512 = CLIP ViT-B/32 embed dim = its text width (tied embeddings)
-    heads: int = 8  # §2.4
-    ffn: int = 2048  # §2.4 intermediate size
-    dropout: float = 0.1  # §2.4 (hidden and attention dropout)
-    max_tokens: int = 32  # §5: decoder input SOT + <= 31 words; target words + EOT
-    ignore_index: int = -100  # pitfall 14: the reference's 0 is the token "!"
-    init_std: float = 0.02  # §2.4: decoder-only weights N(0, 0.02)
-    # Output bias at the start: "zeros" (the reference, §2.4) or "unigram" = log of the training captions' smoothed
+    layers: int = 3  # [code] decoder_config.json num_decoder_layers (also the caption-encoder depth: layer-wise)
+    width: int = 512  # [code] hidden 512 = CLIP ViT-B/32 embed dim = its text width (tied embeddings)
+    heads: int = 8  # [code]
+    ffn: int = 2048  # [code] intermediate size
+    dropout: float = 0.1  # [code] (hidden and attention dropout)
+    max_tokens: int = 32  # [code]: decoder input SOT + <= 31 words; target words + EOT
+    ignore_index: int = -100  # IDC-14: the reference's 0 is the token "!"
+    init_std: float = 0.02  # [code]: decoder-only weights N(0, 0.02)
+    # Output bias at the start: "zeros" (the reference, [code]) or "unigram" = log of the training captions' smoothed
     # word frequencies (an old captioning trick). The tied output layer can only reach logits of about
     # |head(x)| * |token row|; with a narrow toy CLIP that is a few nats, so from zeros the model spends its first
     # thousands of steps pushing the 49,408 - ~100 unused words down through the bias alone.
@@ -171,44 +175,65 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One training stage. Defaults: stage 1 (adaptation) on CLEVR-Change (§3)."""
+    """One training stage. Defaults: stage 1 (adaptation) on CLEVR-Change ([README])."""
 
-    lr: float = 1e-4  # §3 / CLIP4IDC README: new modules (stage 1: bef/aft/joint/ln_mid; stage 2: the captioner)
+    lr: float = 1e-4  # [README]: new modules (stage 1: bef/aft/joint/ln_mid; stage 2: the captioner)
     # The CLIP tower's lr is TUNED, not the reference's 1e-7: the reference updates fp16 weights in place with no fp32
     # master copy, so its nominal 1e-7 behaves like momentum-SGD at ~0.1 on many weights, while with fp32 master
-    # weights 1e-7 effectively freezes CLIP (§4.5, pitfall 1). §4.5 suggests sweeping {1e-6, 3e-6, 1e-5}; 3e-6 is
+    # weights 1e-7 effectively freezes CLIP (IDC-1). Sweep it, e.g. over {1e-6, 3e-6, 1e-5}; 3e-6 is
     # the middle of that sweep, not yet calibrated against CLEVR T->IP R@1 = 26.8.
     clip_lr: float = 3e-6
     pair_lr: float | None = None  # lr of bef/aft/joint/ln_mid; None: ``lr``. The reference demotes them to the CLIP
-    #                               lr in stage 2 (§5, pitfall 13); the stage-2 paper presets keep that choice
-    weight_decay: float = 0.2  # §3: stage 1 0.2, stage 2 0.01; never on biases, norms, embeddings
-    warmup: float = 0.1  # §3: 10 % of the steps, linear
-    schedule: str = "cosine"  # §3: stage 1 warmup_cosine, stage 2 warmup_linear
-    batch_size: int = 128  # §3: stage 1 global 128; stage 2 16 (1 GPU, the README's 150.7 run). Per process in DDP
-    epochs: int = 12  # §3: stage 1 12 (CLEVR) / 20 (Spot); stage 2 50 with early stopping
+    #                               lr in stage 2 ([code], IDC-13); the stage-2 paper presets keep that choice
+    weight_decay: float = 0.2  # reference scripts: stage 1 0.2, stage 2 0.01 (where it applies: decay_all)
+    # The reference's optimiser is BERT's BertAdam (train.AdamNoBiasCorrection): no bias correction, and weight decay
+    # on every trainable parameter except biases and the captioner's norms (it exempts names containing "bias" or
+    # "LayerNorm", and only its BERT-style captioner names its norms so; CLIP's ln_* norms, the new embeddings and
+    # the logit scale are decayed). The toy and smoke presets use AdamW's own choices (True, False).
+    bias_correction: bool = False
+    decay_all: bool = True  # False: decay on matrices only (not biases, norms, embeddings)
+    warmup: float = 0.1  # reference: 10 % of the steps (rounded here to whole steps), linear from 0
+    # Reference: stage 1 BERT's warmup_cosine, stage 2 warmup_linear, both on the whole-run progress (train._schedule)
+    schedule: str = "cosine_whole_run"
+    batch_size: int = 128  # [README]: stage 1 global 128; stage 2 16 (1 GPU, the 150.7 run). Per process in DDP
+    epochs: int = 12  # [README]: stage 1 12 (CLEVR) / 20 (Spot); stage 2 at most 50 (early stopping: ``patience``)
     max_steps: int | None = None  # overrides epochs (toy / smoke profiles)
-    betas: tuple[float, float] = (0.9, 0.98)  # §3: stage 1 (0.9, 0.98); stage 2 (0.9, 0.999)
-    eps: float = 1e-6  # §3 BertAdam eps
-    max_grad_norm: float | None = 1.0  # §3 (global clipping only; the reference also clips per parameter, pitfall 17)
-    distractor_swap_p: float = 0.5  # §6: stage 1 CLEVR, before := distractor with p = 0.5; 0 where no distractors
-    no_change: bool = False  # §6: stage 2 CLEVR adds the (before -> distractor, no-change caption) loss term
-    repeats: int = 1  # samples per pair per epoch, each with the next caption (PairSamples); see the presets
-    seed: int = 0  # §3: CLEVR stage 2 uses 2021; Spot is unseeded in the reference (pitfall 4)
+    betas: tuple[float, float] = (0.9, 0.98)  # [README]: stage 1 (0.9, 0.98); stage 2 (0.9, 0.999)
+    eps: float = 1e-6  # [README] BertAdam eps
+    max_grad_norm: float | None = 1.0  # [README] (global clipping only; the reference also clips per parameter, IDC-17)
+    distractor_swap_p: float = 0.5  # [code]: stage 1 CLEVR, before := distractor with p = 0.5; 0 where no distractors
+    no_change: bool = False  # [code]: stage 2 CLEVR adds the (before -> distractor, no-change caption) loss term
+    samples: str = "per_caption"  # [code]: stage 1 makes one sample per (pair, caption) per epoch; stage 2
+    #                               "per_pair": one per pair, its caption drawn each epoch ([code]); see PairSamples
+    repeats: int = 1  # passes over those samples per epoch (1: the reference)
+    seed: int = 0  # [README]: CLEVR stage 2 uses 2021; Spot is unseeded in the reference (IDC-4)
     freeze_clip: bool = False  # ablation: train only the new parts (pair parameters, captioner); CLIP stays as loaded
-    eval_every: int | None = None  # steps between validations (None: at the end only); the best one is kept
+    eval_every: int | None = None  # steps between validations; None: every epoch (the reference, on val here:
+    #                                IDC-2), or only at the end when max_steps is set. The best one is kept
+    patience: int | None = None  # stop after this many validations in a row without a better val score (None:
+    #                              never). [README]: stage 1 has none; stage 2 stops after 11 epochs without a gain
     eval_pairs: int | None = None  # validate on the first N val pairs (None: all)
     ckpt_every: int | None = None  # steps between resume files (None: at each validation, the end, on interrupt)
 
     def __post_init__(self):
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"StageConfig: schedule {self.schedule!r} must be 'cosine', 'linear' or 'constant'.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"StageConfig: schedule {self.schedule!r} must be one of {SCHEDULES}.")
         if not 0.0 <= self.distractor_swap_p <= 1.0 or self.repeats < 1 or not 0.0 <= self.warmup < 1.0:
             raise ValueError("StageConfig: distractor_swap_p must lie in [0, 1], warmup in [0, 1), repeats >= 1.")
+        if self.samples not in SAMPLINGS:
+            raise ValueError(f"StageConfig: samples={self.samples!r}; choose one of {SAMPLINGS}.")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"StageConfig: patience={self.patience} must be >= 1 validations (None: no early stop).")
 
 
-# §3 / §5: stage 2 on CLEVR-Change. pair_lr = clip_lr is the reference's demotion (pitfall 13): change both together.
-_CAPTION_PAPER = StageConfig(pair_lr=StageConfig.clip_lr, weight_decay=0.01, schedule="linear", batch_size=16,
-                             epochs=50, betas=(0.9, 0.999), distractor_swap_p=0.0, no_change=True, seed=2021)
+# [README], [code]: stage 2 on CLEVR-Change. pair_lr = clip_lr is the reference's demotion (IDC-13): change both.
+_CAPTION_PAPER = StageConfig(pair_lr=StageConfig.clip_lr, weight_decay=0.01, schedule="linear_whole_run",
+                             batch_size=16, epochs=50, betas=(0.9, 0.999), distractor_swap_p=0.0, no_change=True,
+                             seed=2021, samples="per_pair", patience=11)  # patience: the reference stops once its
+#                              counter of epochs without a gain (a tie counts as a gain) exceeds 10
+# The toy and smoke presets keep AdamW's usual choices (bias correction, decay on matrices only, the cosine / linear
+# schedules restarting after warm-up), with which their learning rates were chosen.
+_ADAMW_CHOICES = dict(bias_correction=True, decay_all=False)
 
 
 @dataclass(frozen=True)
@@ -220,11 +245,11 @@ class CLIP4IDCConfig:
     adapt: StageConfig = field(default_factory=StageConfig)  # stage 1
     caption: StageConfig = field(default_factory=lambda: _CAPTION_PAPER)  # stage 2
     # Shapes world only: generated pairs per split (train, val, test); default = CLEVR-Change's scenes per split
-    # (§7.1, derived from its pair counts). Real datasets have their own sizes.
+    # ([derived] from its pair counts). Real datasets have their own sizes.
     shapes_pairs: tuple[int, int, int] = (33_830, 1_988, 3_985)
-    precision: str = "auto"  # §3: the reference trains in fp16; here AMP (bf16 / fp16 autocast, fp32 master weights)
+    precision: str = "auto"  # [README]: the reference trains in fp16; here AMP (bf16/fp16 autocast, fp32 master weights)
     ckpt_minutes: float | None = 10.0  # resume file every 10 minutes of training (a Colab disconnect loses less)
-    num_workers: int = 0  # DataLoader workers decoding images (set it on a GPU machine)
+    num_workers: int | None = None  # DataLoader workers; None: min(8, CPUs) on CUDA, 0 on the CPU
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -260,16 +285,11 @@ def _preset(dataset: str, profile: str) -> CLIP4IDCConfig:
                          f"or config_for({dataset!r}, 'paper') for the real data.")
     if profile == "paper":
         cfg = CLIP4IDCConfig(dataset=dataset, profile=profile)
-        if dataset in ("spot", "ier"):  # Spot: no distractors, 20 adaptation epochs (§3, §6); unseeded there, 0 here.
-            # IER: not published (not in the reference repo, pitfall 5); same as Spot.
+        if dataset in ("spot", "ier"):  # Spot: no distractors, 20 adaptation epochs ([README]); unseeded there, 0 here.
+            # IER: not published (not in the reference repo, IDC-5); same as Spot.
             cfg = dataclasses.replace(cfg, adapt=dataclasses.replace(cfg.adapt, epochs=20, distractor_swap_p=0.0),
                                       caption=dataclasses.replace(cfg.caption, no_change=False, seed=0))
-        if dataset == "shapes":  # CLEVR's values. Shapes items are pairs with 5 captions each: repeats=5 makes one
-            # sample per caption (the reference's stage-1 sampling, §4.2); in stage 2, 10 epochs x 5 repeats = the
-            # reference's 50 epochs of one random caption per pair (§5).
-            cfg = dataclasses.replace(cfg, adapt=dataclasses.replace(cfg.adapt, repeats=5),
-                                      caption=dataclasses.replace(cfg.caption, repeats=5, epochs=10))
-        return cfg
+        return cfg  # shapes: CLEVR's values (5 captions per pair: 5 stage-1 samples per pair and epoch)
     if profile == "toy":
         # shapes-clip: ViT 4 blocks, width 128, 64 px, patch 8 -> T = 65; embed dim = text width = 128.
         # Toy values, not the paper's, chosen on Shapes *val* pairs for a 2-core CPU (measurements in the closing
@@ -278,7 +298,7 @@ def _preset(dataset: str, profile: str) -> CLIP4IDCConfig:
         #   reference keeps CLIP's 1 / 100) and CLIP lr 5e-4: val T->IP R@1 (100 pairs) after 300 steps was 6.8 %,
         #   against 1.0-1.2 % with 1 or 2 joint blocks at tau 0.01 and CLIP lr 1e-4 (the factors were not isolated);
         # * the token table trains: shapes-clip never saw most words of change captions ("moved", "the", "now", ...),
-        #   unlike OpenAI's CLIP, whose table the reference freezes (§4.4). Val R@1 after 600 steps: 12.6 vs 10.8;
+        #   unlike OpenAI's CLIP, whose table the reference freezes ([code]). Val R@1 after 600 steps: 12.6 vs 10.8;
         # * learning rates near shapes-clip's pretraining lr (1e-3): a small CLIP trained from scratch for 2,500 steps
         #   must move much further than OpenAI's;
         # * the captioner's output bias starts from word frequencies (DecoderConfig.bias_init).
@@ -288,22 +308,25 @@ def _preset(dataset: str, profile: str) -> CLIP4IDCConfig:
             encoder=EncoderConfig(backbone="shapes-clip", pretrained=None, intra_layers=2, temperature=None,
                                   frozen=frozen),
             decoder=DecoderConfig(layers=3, width=128, heads=4, ffn=512, bias_init="unigram"),
-            adapt=StageConfig(lr=1e-3, clip_lr=5e-4, batch_size=32, max_steps=800, repeats=5, eval_every=200),
+            adapt=StageConfig(lr=1e-3, clip_lr=5e-4, batch_size=32, max_steps=800, eval_every=200,
+                              schedule="cosine", **_ADAMW_CHOICES),
             caption=dataclasses.replace(_CAPTION_PAPER, lr=1e-3, clip_lr=1e-4, pair_lr=1e-4, batch_size=16,
-                                        max_steps=2000, repeats=5, seed=0, eval_every=250),
+                                        max_steps=2000, seed=0, eval_every=250, patience=None, schedule="linear",
+                                        **_ADAMW_CHOICES),
             shapes_pairs=(4000, 100, 500), ckpt_minutes=None)
     # smoke: idc-micro (random weights, ViT 2 blocks, width 32, 32 px, patch 8 -> T = 17; embed = text width = 32).
     return CLIP4IDCConfig(
         dataset="shapes", profile="smoke",
         encoder=EncoderConfig(backbone="idc-micro", pretrained=None, intra_layers=1),
         decoder=DecoderConfig(layers=2, width=32, heads=2, ffn=64),
-        adapt=StageConfig(lr=1e-3, clip_lr=1e-4, batch_size=8, max_steps=4),
-        caption=dataclasses.replace(_CAPTION_PAPER, lr=1e-3, clip_lr=1e-4, pair_lr=1e-4, batch_size=8, max_steps=4),
+        adapt=StageConfig(lr=1e-3, clip_lr=1e-4, batch_size=8, max_steps=4, schedule="cosine", **_ADAMW_CHOICES),
+        caption=dataclasses.replace(_CAPTION_PAPER, lr=1e-3, clip_lr=1e-4, pair_lr=1e-4, batch_size=8, max_steps=4,
+                                    schedule="linear", patience=None, **_ADAMW_CHOICES),
         shapes_pairs=(32, 8, 8), ckpt_minutes=None)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The pair encoder (§2.2)
+# The pair encoder ([code])
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -313,7 +336,7 @@ def tokens_per_image(clip: nn.Module) -> int:
 
 
 class PairEncoder(nn.Module):
-    """A CLIP ViT run the split way: blocks [0, k) per image, blocks [k, L) on the concatenated pair (§2.2).
+    """A CLIP ViT run the split way: blocks [0, k) per image, blocks [k, L) on the concatenated pair ([code]).
 
     ``intra_layers`` k may be 0 (every block sees the pair) up to L (no joint block: the images never attend to each
     other inside the encoder), both ablations; the reference uses 9 of ViT-B/32's 12.
@@ -333,7 +356,7 @@ class PairEncoder(nn.Module):
         self.clip = clip
         self.intra_layers = intra_layers
         self.n_tokens = dims.tokens_per_image  # T
-        scale = width ** -0.5  # §2.2: the reference's init, width^-0.5 * randn
+        scale = width ** -0.5  # [code]: the reference's init, width^-0.5 * randn
         self.bef_embedding = nn.Parameter(scale * torch.randn(width))  # [W]
         self.aft_embedding = nn.Parameter(scale * torch.randn(width))  # [W]
         self.joint_positional_embedding = nn.Parameter(scale * torch.randn(2 * self.n_tokens, width))  # [2T, W]
@@ -375,13 +398,13 @@ class PairEncoder(nn.Module):
 
     @staticmethod
     def pool(tokens: torch.Tensor) -> torch.Tensor:
-        """Pair vector v = mean of the two projected class tokens: [B, 2T, D] -> [B, D] (tokens 0 and T, §2.2)."""
+        """Pair vector v = mean of the two projected class tokens: [B, 2T, D] -> [B, D] (tokens 0 and T, [code])."""
         T = tokens.shape[1] // 2
         return (tokens[:, 0] + tokens[:, T]) / 2
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The captioner (§2.4)
+# The captioner ([code])
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -389,7 +412,7 @@ class Captioner(nn.Module):
     """Layer-wise encoder-decoder over the pair's projected tokens, embeddings tied to CLIP's text token table.
 
     ``token_embedding`` / ``positional_embedding`` are CLIP's own modules / Parameters (shared, not copied), so the
-    captioner's input embeddings, output projection and position table are CLIP's (frozen by default, §4.4).
+    captioner's input embeddings, output projection and position table are CLIP's (frozen by default, [code]).
     """
 
     def __init__(self, cfg: DecoderConfig, token_embedding: nn.Embedding, positional_embedding: nn.Parameter):
@@ -429,7 +452,7 @@ class Captioner(nn.Module):
         self.head_bias.copy_((counts / counts.sum()).log().to(self.head_bias.dtype))
 
     def encode(self, visual: torch.Tensor) -> list[torch.Tensor]:
-        """[B, 2T, D] -> the output of every encoder layer, n_layers x [B, 2T, D] (no extra positions, §2.4)."""
+        """[B, 2T, D] -> the output of every encoder layer, n_layers x [B, 2T, D] (no extra positions, [code])."""
         outs = []
         for layer in self.encoder:
             visual = layer(visual)
@@ -641,7 +664,7 @@ class CLIP4IDC(nn.Module):
 
 
 def adaptation_loss(model: CLIP4IDC, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Stage 1 (§4.1): L = (L_IP->T + L_T->IP) / 2 on cos(v, g) / tau, negatives gathered across GPUs."""
+    """Stage 1 ([code]): L = (L_IP->T + L_T->IP) / 2 on cos(v, g) / tau, negatives gathered across GPUs."""
     v = model.encode_pair(batch["before"], batch["after"])  # [B, D]
     g = model.encode_text(batch["text"])  # [B, D]
     out = symmetric_info_nce(v, g, scale=1.0 / model.temperature, gather=True)
@@ -649,7 +672,7 @@ def adaptation_loss(model: CLIP4IDC, batch: dict) -> tuple[torch.Tensor, dict]:
 
 
 def captioning_loss(model: CLIP4IDC, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Stage 2 (§5, §6): token cross-entropy; with a distractor in the batch, + the no-change pair's loss.
+    """Stage 2 ([code]): token cross-entropy; with a distractor in the batch, + the no-change pair's loss.
 
     Both pairs go through one forward pass; each term is a mean over its own non-padding tokens, as the reference's
     two passes.
@@ -683,7 +706,7 @@ def captioning_loss(model: CLIP4IDC, batch: dict) -> tuple[torch.Tensor, dict]:
 
 def caption_tensors(captions: Sequence[str], *, max_tokens: int = 32, ignore_index: int = -100
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forcing tensors (§5): input = SOT + words (<= max_tokens - 1), target = words + EOT.
+    """Teacher-forcing tensors ([code]): input = SOT + words (<= max_tokens - 1), target = words + EOT.
 
     Longer captions are cut to max_tokens - 1 words (EOT kept), as the reference does; empty ones are refused.
 
@@ -705,50 +728,80 @@ def caption_tensors(captions: Sequence[str], *, max_tokens: int = 32, ignore_ind
 
 class PairSamples(Dataset):
     """Training samples from an IDC pair dataset (items like ``ShapesPairs``': before, after, distractor, captions,
-    no_change_captions, id), deterministic per index so that the Trainer's exact resume holds.
+    no_change_captions, id), one epoch at a time, made as the reference's loaders make them.
 
-    Sample ``i`` is pair ``p = i % n`` seen for the ``r = i // n``-th time (``repeats`` per epoch): its caption is
-    the r-th after a per-pair random start, so ``repeats`` = captions per pair shows every caption once per epoch.
-    Stage 1 (§6): with probability ``distractor_swap_p`` -- drawn from ``default_rng([seed, i])`` -- "before" becomes
-    the distractor, the change caption kept. Stage 2 with ``no_change``: the sample also carries the distractor
-    and a no-change caption.
+    ``samples="per_caption"`` (stage 1, [code]): every (pair, caption) is one sample of every epoch, so an epoch has
+    as many samples as the split has captions. ``samples="per_pair"`` (stage 2, [code]): one sample per pair and epoch,
+    with one of its captions drawn at random. ``repeats`` > 1 lists those samples that many times per epoch (1: the
+    reference). Stage 1 ([code]): with probability ``distractor_swap_p`` "before" becomes the distractor, the change
+    caption kept. Stage 2 with ``no_change``: the sample also carries the distractor and a random no-change caption.
+
+    Every random draw (which caption, the swap, which no-change caption) is made afresh each epoch, from
+    ``default_rng([seed, epoch, i])``: sample ``i`` is a deterministic function of (seed, epoch, i). The Trainer
+    calls :meth:`set_epoch` before each epoch (and before a resumed one), so exact resume holds.
     """
 
-    def __init__(self, pairs: Dataset, *, repeats: int = 1, distractor_swap_p: float = 0.0, no_change: bool = False,
-                 seed: int = 0):
+    def __init__(self, pairs: Dataset, *, samples: str = "per_caption", repeats: int = 1,
+                 distractor_swap_p: float = 0.0, no_change: bool = False, seed: int = 0):
+        if samples not in SAMPLINGS:
+            raise ValueError(f"PairSamples: samples={samples!r}; choose one of {SAMPLINGS}.")
         if len(pairs) < 1 or repeats < 1 or not 0.0 <= distractor_swap_p <= 1.0:
             raise ValueError("PairSamples needs a non-empty dataset, repeats >= 1 and distractor_swap_p in [0, 1].")
-        self.pairs, self.repeats, self.swap_p, self.no_change, self.seed = pairs, repeats, distractor_swap_p, \
-            no_change, seed
+        self.pairs, self.samples, self.repeats, self.swap_p, self.no_change, self.seed = \
+            pairs, samples, repeats, distractor_swap_p, no_change, seed
+        self.epoch = 0
+        counts = np.asarray(caption_counts(pairs) if samples == "per_caption" else [1] * len(pairs))  # [P]
+        if (counts < 1).any():
+            raise ValueError(f"Pair {int(np.argmin(counts))} has no captions; PairSamples needs items with a "
+                             "non-empty 'captions' list.")
+        # The units of one pass, caption k of every pair before caption k + 1 of any (so with equal counts unit u
+        # shows pair u % P): pair index [U] and caption index [U] (-1: draw one).
+        k, p = np.nonzero(np.arange(counts.max())[:, None] < counts[None, :])  # [U] each, row-major = k-major
+        self.unit_pair = p
+        self.unit_caption = k if samples == "per_caption" else np.full_like(k, -1)
 
     @classmethod
     def for_stage(cls, pairs: Dataset, stage: StageConfig) -> PairSamples:
-        return cls(pairs, repeats=stage.repeats, distractor_swap_p=stage.distractor_swap_p, no_change=stage.no_change,
-                   seed=stage.seed)
+        return cls(pairs, samples=stage.samples, repeats=stage.repeats, distractor_swap_p=stage.distractor_swap_p,
+                   no_change=stage.no_change, seed=stage.seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's captions and swaps (called by the Trainer at the start of every epoch)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.pairs) * self.repeats
+        return len(self.unit_pair) * self.repeats
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} samples")
-        n = len(self.pairs)
-        p, r = i % n, i // n
+        u = i % len(self.unit_pair)
+        p, k = int(self.unit_pair[u]), int(self.unit_caption[u])
         item = self.pairs[p]
         if not item.get("captions"):
             raise ValueError(f"Pair {p} has no captions; PairSamples needs items with a non-empty 'captions' list.")
         if (self.swap_p > 0 or self.no_change) and "distractor" not in item:
             raise KeyError("This dataset has no distractor images (Spot-the-Diff, IER): set distractor_swap_p=0 and "
                            "no_change=False.")
-        start = np.random.default_rng([self.seed, p, 0]).integers(1 << 30, size=2)  # per-pair caption offsets
-        swap = self.swap_p > 0 and np.random.default_rng([self.seed, i, 1]).random() < self.swap_p
+        u_caption, u_swap, u_no_change = np.random.default_rng([self.seed, self.epoch, i]).random(3)
         caps = item["captions"]
-        out = dict(before=item["distractor"] if swap else item["before"], after=item["after"],
-                   caption=caps[(start[0] + r) % len(caps)], swapped=bool(swap), pair=p, id=item.get("id", p))
+        caption = caps[k] if k >= 0 else caps[int(u_caption * len(caps))]
+        swap = bool(u_swap < self.swap_p)
+        out = dict(before=item["distractor"] if swap else item["before"], after=item["after"], caption=caption,
+                   swapped=swap, pair=p, id=item.get("id", p))
         if self.no_change:
             nc = item["no_change_captions"]
-            out.update(distractor=item["distractor"], no_change_caption=nc[(start[1] + r) % len(nc)])
+            out.update(distractor=item["distractor"], no_change_caption=nc[int(u_no_change * len(nc))])
         return out
+
+
+def caption_counts(pairs: Dataset) -> list[int]:
+    """Captions per pair, in dataset order; from ``references()`` where the dataset has it (no image is read)."""
+    if hasattr(pairs, "references"):
+        gts = pairs.references(with_no_change=False)[0]
+        if len(gts) == len(pairs):  # one entry per pair, in pair order
+            return [len(refs) for refs in gts.values()]
+    return [len(pairs[p]["captions"]) for p in range(len(pairs))]
 
 
 @dataclass(frozen=True)
@@ -756,7 +809,7 @@ class PairCollate:
     """:class:`PairSamples` items -> a batch of tensors for :meth:`CLIP4IDC.loss` (picklable, for DataLoader workers).
 
     Images: any size / mode; each is converted by :func:`backbones.to_pixels` -- RGB, squashed to ``image_size``
-    bicubic without crop (the reference's preprocessing, §2.1), so before and after may differ in size.
+    bicubic without crop (the reference's preprocessing), so before and after may differ in size.
     """
 
     stage: str
@@ -801,16 +854,23 @@ class PairCollate:
 
 
 def param_groups(model: CLIP4IDC, stage: StageConfig) -> list[dict]:
-    """AdamW groups (§4.3, §5): captioner at ``lr``; bef/aft/joint/ln_mid at ``pair_lr`` (None: ``lr``); the rest of
-    CLIP at ``clip_lr``. Weight decay on matrices only (not biases, norms, embeddings). Frozen parts are left out."""
+    """Optimiser groups, as the reference's: the captioner at ``lr``; bef/aft/joint/ln_mid at ``pair_lr`` (None:
+    ``lr``); the rest of CLIP at ``clip_lr``. Frozen parts are left out. Weight decay with ``stage.decay_all``
+    (the reference): on everything except biases and the captioner's LayerNorms; without it: on matrices only (not
+    biases, norms, embeddings)."""
     lrs = dict(new=stage.lr, pair=stage.lr if stage.pair_lr is None else stage.pair_lr, clip=stage.clip_lr)
+    captioner = model.captioner.modules() if model.captioner is not None else ()
+    captioner_norms = {id(p) for m in captioner if isinstance(m, nn.LayerNorm) for p in m.parameters()}
     groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():  # tied tables are listed once, under their CLIP name
         if not p.requires_grad:
             continue
         part = ("new" if name.startswith("captioner.") else
                 "pair" if name.split(".")[1] in NEW_PAIR_PARAMS else "clip")
-        decay = p.ndim >= 2 and "embedding" not in name
+        if stage.decay_all:
+            decay = not is_bias(name) and id(p) not in captioner_norms
+        else:
+            decay = p.ndim >= 2 and "embedding" not in name
         groups.setdefault((part, decay), []).append(p)
     return [dict(params=ps, lr=lrs[part], weight_decay=stage.weight_decay if decay else 0.0,
                  name=f"{part}/{'decay' if decay else 'no_decay'}") for (part, decay), ps in groups.items()]
@@ -825,12 +885,15 @@ def trainer_config(stage: StageConfig, n_samples: int, **overrides) -> TrainConf
     max_steps = overrides.pop("max_steps", default)
     settings = dict(max_steps=max_steps, batch_size=stage.batch_size, lr=stage.lr, weight_decay=stage.weight_decay,
                     betas=stage.betas, eps=stage.eps, warmup_steps=round(stage.warmup * max_steps),
-                    schedule=stage.schedule, max_grad_norm=stage.max_grad_norm, seed=stage.seed)
+                    schedule=stage.schedule, max_grad_norm=stage.max_grad_norm, seed=stage.seed,
+                    bias_correction=stage.bias_correction, decay_all=stage.decay_all,
+                    eval_every=stage.eval_every or (None if stage.max_steps is not None else steps_per_epoch),
+                    patience=stage.patience)
     return TrainConfig(**{**settings, **overrides})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Retrieval evaluation (§4.6)
+# Retrieval evaluation ([code])
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -857,7 +920,7 @@ def encode_for_retrieval(model: CLIP4IDC, pairs: Dataset, *, batch_size: int = 6
 @torch.no_grad()
 def retrieval_scores(pair_feats: torch.Tensor, text_feats: torch.Tensor, text_pair: torch.Tensor, *,
                      ks: Sequence[int] = (1, 5, 10), chunk: int = 256) -> dict[str, float]:
-    """T->IP and IP->T R@K in percent, the reference's multi-sentence protocol (§4.6).
+    """T->IP and IP->T R@K in percent, the reference's multi-sentence protocol.
 
     T->IP: each caption ranks all pairs. IP->T: each pair ranks caption *groups* (one per pair); a group's score is
     the max over that pair's captions. R@K with K >= the number of pairs is 100.
@@ -945,7 +1008,7 @@ def load_pairs(cfg: CLIP4IDCConfig, split: str, *, root: str | Path | None = Non
 def caption_pairs(model: CLIP4IDC, pairs: Dataset, *, beam: int = 1, batch_size: int = 32, limit: int | None = None,
                   progress: bool = False) -> dict[str, str]:
     """Caption the first ``limit`` pairs: {str(id): caption}; with distractors also {id + "_n": caption of before ->
-    distractor}, the ids of CLEVR-Change's "Total" ground truth (§6)."""
+    distractor}, the ids of CLEVR-Change's "Total" ground truth ([code])."""
     device = next(model.parameters()).device
     size = backbones.image_size(model.clip)
     n = len(pairs) if limit is None else min(limit, len(pairs))
@@ -973,7 +1036,7 @@ def evaluate_captions(model: CLIP4IDC, pairs: Dataset, *, beam: int = 1, limit: 
     unknown = sorted(set(res) - set(gts))
     if unknown:
         raise ValueError(f"Captioned ids without references: {unknown[:5]}; the dataset's ids and references disagree.")
-    gts = {k: gts[k] for k in res}  # CIDEr-D's idf over the evaluated set only (§7.1)
+    gts = {k: gts[k] for k in res}  # CIDEr-D's idf over the evaluated set only (book/pitfalls.md, MET-1)
     scores = score_captions_by_group(gts, res, {k: groups[k] for k in res}, allow_empty=True)
     return {g: {m: 100 * v for m, v in s.items()} for g, s in scores.items()}  # CIDEr 0-10 -> papers' 0-1000
 
@@ -1030,9 +1093,9 @@ def _train_stage(cfg: CLIP4IDCConfig, stage: str, out: Path, *, root, init: Path
         def val_fn(m):
             return evaluate_captions(m, val, limit=st.eval_pairs)["overall"]
     samples = PairSamples.for_stage(train_pairs, st)
-    tcfg = trainer_config(st, len(samples), eval_every=st.eval_every, ckpt_every=st.ckpt_every or st.eval_every,
-                          ckpt_minutes=cfg.ckpt_minutes, precision=cfg.precision, num_workers=cfg.num_workers,
-                          select_metric=select, progress=progress)
+    tcfg = trainer_config(st, len(samples), ckpt_minutes=cfg.ckpt_minutes, precision=cfg.precision,
+                          num_workers=cfg.num_workers, select_metric=select, progress=progress)
+    tcfg = dataclasses.replace(tcfg, ckpt_every=st.ckpt_every or tcfg.eval_every)  # a resume file at each validation
     header = runs.make_header(METHOD, stage, cfg, {**backbones.model_config(model.clip), **model.model_config()})
     trainer = Trainer(model, CLIP4IDC.loss, samples, config=tcfg, out_dir=out / stage, collate_fn=model.collate(),
                       val_fn=val_fn, param_groups=param_groups(model, st), header=header, on_step=on_step,
@@ -1063,15 +1126,15 @@ def caption(before, after, checkpoint: str | Path | CLIP4IDC, *, beam: int = 1) 
     """Describe what changed from ``before`` to ``after`` (paths, PIL images or uint8 arrays [H, W, 3]).
 
     Both images are converted to RGB (RGBA onto white, grey replicated) and squashed to the model's input size without
-    crop, as in training (§2.1); images of different sizes are accepted with a warning, since both are squashed.
+    crop, as in training ([code]); images of different sizes are accepted with a warning, since both are squashed.
     ``checkpoint``: a file, a run folder of ``idclab train clip4idc`` (its captioning stage) or a loaded model.
     """
+    _check_beam(beam)
+    a, b = backbones.load_image(before), backbones.load_image(after)  # the user's inputs first, then the model
     model = checkpoint if isinstance(checkpoint, CLIP4IDC) else load(checkpoint, stage=_caption_stage(checkpoint))
     if model.captioner is None:
         raise ValueError(f"{model.checkpoint_info['path']} is an adaptation (stage 1) checkpoint, which cannot "
                          "caption; pass the caption stage's (RUN/caption/best.pt) or the run folder.")
-    _check_beam(beam)
-    a, b = backbones.load_image(before), backbones.load_image(after)
     if a.shape != b.shape:
         warnings.warn(f"before is {a.shape[1]}x{a.shape[0]} and after is {b.shape[1]}x{b.shape[0]} pixels: both are "
                       f"squashed to {backbones.image_size(model.clip)}^2 without crop, so their contents no longer align "
@@ -1087,8 +1150,10 @@ def _caption_stage(path: str | Path) -> str | None:
 
 
 def _check_beam(beam: int) -> None:
-    if not isinstance(beam, int) or beam < 1:
-        raise ValueError(f"--beam must be an integer >= 1 (1: greedy decoding), got {beam!r}.")
+    vocab = len(backbones.get_tokenizer().encoder)  # 49,408 BPE tokens: a beam keeps at most that many extensions
+    if isinstance(beam, bool) or not isinstance(beam, int) or not 1 <= beam <= vocab:
+        raise ValueError(f"--beam must be an integer from 1 (greedy decoding) to the vocabulary size {vocab}; "
+                         f"got {beam!r}.")
 
 
 def evaluate(checkpoint: str | Path, *, split: str = "test", root: str | Path | None = None, beam: int = 1,
@@ -1118,3 +1183,52 @@ def evaluate(checkpoint: str | Path, *, split: str = "test", root: str | Path | 
         else:
             report["captions"] = evaluate_captions(model, pairs, beam=beam, limit=limit, progress=progress)
     return report
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The paper's ablation, with seeds
+# ----------------------------------------------------------------------------------------------------------------------
+
+# The three captioners of the paper's ablation: (stages trained, CLIP frozen while captioning)
+ABLATION_ROWS = {
+    "no adaptation, CLIP frozen": (("caption",), True),
+    "no adaptation, CLIP fine-tuned": (("caption",), False),
+    "adaptation": (STAGES, False),
+}
+# The paper's claims, as (row A, row B): "A beats B" on CIDEr-D overall
+ABLATION_CLAIMS = {
+    "adaptation beats direct fine-tuning": ("adaptation", "no adaptation, CLIP fine-tuned"),
+    "adaptation beats a frozen CLIP": ("adaptation", "no adaptation, CLIP frozen"),
+    "fine-tuning CLIP beats keeping it frozen": ("no adaptation, CLIP fine-tuned", "no adaptation, CLIP frozen"),
+}
+
+
+def ablate(out_dir: str | Path, *, dataset: str = "shapes", profile: str | None = None, seeds: int = 3,
+           root: str | Path | None = None, split: str = "test", limit: int | None = None,
+           device: str | None = None, progress: bool = True, **options) -> dict:
+    """Train the ablation's three captioners for each seed (``out_dir/<row>/seed<S>``), score them on ``split`` and
+    return per row, change type and metric the per-seed values, mean and sd, plus a verdict for each claim of
+    :data:`ABLATION_CLAIMS` (:func:`idclab.stats.verdict` on CIDEr-D overall). A row whose run is complete is not
+    trained again, so an interrupted ablation continues where it stopped. ``options``: those of :func:`config_for`.
+    """
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}.")
+    out, scores = Path(out_dir), {}
+    for seed in range(seeds):
+        for row, (stages, frozen) in ABLATION_ROWS.items():
+            cfg = config_for(dataset, profile, seed=seed, freeze_clip=frozen, **options)
+            run = out / row.replace(", ", "_").replace(" ", "_") / f"seed{seed}"
+            done = set(((runs.read_run(run) or {}).get("stages") or {})) >= set(stages)
+            if not done:
+                train(cfg, run, stages=stages, root=root, overwrite=True, progress=progress, device=device)
+            model = load(run, stage="caption", device=device)
+            pairs = load_pairs(cfg, split, root=root, image_size=backbones.image_size(model.clip))
+            scores.setdefault(row, []).append(evaluate_captions(model, pairs, limit=limit, progress=progress))
+    table = {row: {group: {metric: stats.summary([s[group][metric] for s in per_seed])
+                           for metric in per_seed[0][group]}
+                   for group in per_seed[0]}
+             for row, per_seed in scores.items()}
+    verdicts = {claim: stats.verdict(table[a]["overall"]["CIDEr"]["values"], table[b]["overall"]["CIDEr"]["values"])
+                for claim, (a, b) in ABLATION_CLAIMS.items()}
+    return dict(dataset=dataset, profile=get_profile(profile), split=split, seeds=seeds, rows=table,
+                verdicts=verdicts, runs=str(out))
