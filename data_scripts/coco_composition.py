@@ -79,7 +79,7 @@ def cmd_download(args) -> int:
 def cmd_prepare(args) -> int:
     root: Path = args.root
     out = cc.prepare(root, seed=args.seed, area_bounds=tuple(args.area_bounds),
-                     pixel_lower_bound=args.pixel_lower_bound)
+                     pixel_lower_bound=args.pixel_lower_bound, class_order=args.class_order)
     header, rows = cc.read_csv(root)
     print(f"wrote {out} ({len(rows):,} queries; {header['no_candidate']} of {header['annotated_images']} annotated "
           f"images had no candidate object) and {root / cc.MASKED_DIR}/\n  {header['line']}")
@@ -129,6 +129,9 @@ def build_parser():
                    help="box area as a fraction of the image (default 0.05 0.5)")
     p.add_argument("--pixel-lower-bound", action="store_true",
                    help="compare the lower bound in pixels, as Pic2Word's prepare_data.py does (its bug)")
+    p.add_argument("--class-order", choices=cc.CLASS_ORDERS, default="annotation",
+                   help="order of the other classes in the query text: as first annotated (Pic2Word's, default) "
+                        "or sorted")
     p.set_defaults(func=cmd_prepare)
     _common.add_verify(sub, cmd_verify)
     return parser

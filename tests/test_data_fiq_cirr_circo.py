@@ -117,10 +117,11 @@ def test_fashioniq_val_benchmark_galleries_queries_and_global_asin_index(fiq_roo
                  group="toptee", gallery="toptee")]
     # X1 is in two galleries but is one image, indexed once by ASIN, with its .jpg file
     assert sorted(b.images) == ["D1", "D2", "D3", "S1", "S2", "T1", "T2", "X1"]
-    assert b.images["X1"] == fiq_root / "images" / "X1.jpg" and b.images["D2"] == fiq_root / "images" / "D2.png"
+    assert b.images["X1"].path == fiq_root / "images" / "X1.jpg"
+    assert b.images["D2"].path == fiq_root / "images" / "D2.png"
     assert b.info["unique_images"] == 8 and b.info["expected_gallery"]["shirt"] == 6_346
     save_image(fiq_root / "images" / "D3.jpg", seed=99)  # both formats: the .png is used
-    assert fiq.load_benchmark(fiq_root, "val").images["D3"] == fiq_root / "images" / "D3.png"
+    assert fiq.load_benchmark(fiq_root, "val").images["D3"].path == fiq_root / "images" / "D3.png"
     assert fiq.EXPECTED_TRIPLETS["val"] == {"dress": 2_017, "shirt": 2_038, "toptee": 1_961}
     assert fiq.EXPECTED_UNIQUE_ASINS == 74_381
     only = fiq.load_benchmark(fiq_root, "val", categories=("toptee",))
@@ -149,7 +150,7 @@ def test_fashioniq_missing_images_are_listed_by_asin_with_count(fiq_root):
     assert f"python data_scripts/fashioniq.py verify --root {fiq_root}" in msg and "Plachta/FashionIQ" in msg
     b = fiq.load_benchmark(fiq_root, "val", check_files=False)  # nothing dropped: same queries, counted missing
     assert len(b.queries) == 4 and b.info["missing_images"] == 2
-    assert b.images["X1"] == fiq_root / "images" / "X1.png"
+    assert b.images["X1"].path == fiq_root / "images" / "X1.png"
     with pytest.raises(FileNotFoundError, match="D2"):
         fiq.FashionIQTriplets(fiq_root, "val", categories=("dress",))
     assert len(fiq.FashionIQTriplets(fiq_root, "train")) == 3  # the train images are all there

@@ -316,8 +316,9 @@ def test_coco_masked_image_is_255_outside_the_polygon(coco_root):
     _, rows = cc.read_csv(coco_root)
     row = {r.id: r for r in rows}[1]
     assert row.query_class == "dog" and row.box == (50.0, 20.0, 80.0, 50.0)
-    assert row.classes == ("cat", "chair", "person")  # sorted, deduplicated (2 dogs), query class out, crowd in
-    assert row.text == "dog and cat and chair and person"
+    # annotation order (Pic2Word's), deduplicated (2 dogs), query class out, crowd in
+    assert row.classes == ("person", "chair", "cat")
+    assert row.text == "dog and person and chair and cat"
     masked = np.asarray(Image.open(coco_root / cc.masked_name(1)))
     image = original(coco_root, 1)
     assert masked.shape == image.shape == (80, 100, 3) and masked.dtype == np.uint8
@@ -355,7 +356,7 @@ def test_coco_benchmark_reference_crop_not_in_gallery(coco_root):
     assert bench.info["prep"]["seed"] == "0" and bench.info["prep"]["line"].startswith(cc.HEADER_PREFIX + "1")
     q = bench.queries[0]
     assert q.id == "1" and q.reference == "query/1" and q.kind == "coco" and set(q.fields) == set(KINDS["coco"])
-    assert q.fields == {"classes": "dog and cat and chair and person"}
+    assert q.fields == {"classes": "dog and person and chair and cat"}
     assert q.targets == ("val2017/000000000001.jpg",)
     assert q.reference not in bench.galleries[ALL] and q.reference in bench.images
     assert bench.images["val2017/000000000001.jpg"] == coco_root / "val2017" / "000000000001.jpg"

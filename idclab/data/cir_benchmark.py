@@ -8,6 +8,7 @@ scores it. :func:`check_benchmark` lists every structural problem at once (nothi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,4 +127,5 @@ def check_benchmark(bench: CIRBenchmark) -> None:
 
 def missing_files(bench: CIRBenchmark, names: Sequence[str]) -> list[str]:
     """The ``names`` whose image is a file path that does not exist (arrays and loaders are never missing)."""
-    return [n for n in names if isinstance(bench.images[n], (str, Path)) and not Path(bench.images[n]).is_file()]
+    return [n for n in names
+            if isinstance(bench.images[n], (str, os.PathLike)) and not Path(bench.images[n]).is_file()]

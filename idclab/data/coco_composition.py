@@ -17,14 +17,18 @@ On-disk layout (``root`` is Pic2Word's ``data/coco``)::
 
 ``coco_eval.csv`` (Pic2Word's columns, idclab's first line)::
 
-    # idclab coco-composition prep v1 seed=0 bounds=0.05,0.5 pixel_lower_bound=false annotated_images=N ...
+    # idclab coco-composition prep v1 seed=0 bounds=0.05,0.5 pixel_lower_bound=false class_order=annotation ...
     id,query_regions,query_class,classes
     42,10;12;50.5;60,person,chair;potted plant;tv          (illustrative values)
 
-``id`` the COCO image id (Pic2Word's file writes the file name "%012d.jpg" there); ``query_regions`` the chosen object's box "x1;y1;x2;y2" in pixels; ``classes`` the other
-class names of the image (every annotation, crowd ones included), query class excluded, deduplicated, sorted.
+``id`` the COCO image id (Pic2Word's file writes the file name "%012d.jpg" there); ``query_regions`` the chosen
+object's box "x1;y1;x2;y2" in pixels; ``classes`` the other class names of the image (every annotation, crowd ones
+included), query class excluded, deduplicated, in the order of their first annotation in the annotation file
+(Pic2Word's order; ``class_order="sorted"`` sorts them instead). The order is part of the query text ("dog and
+person and cat" is not "dog and cat and person"), so it changes the query embedding.
 
-What :func:`prepare` does, and how it differs from Pic2Word's script (``pic2word.md`` §3.3, §5.6):
+What :func:`prepare` does, and how it differs from Pic2Word's ``data/coco/prepare_data.py`` (``book/pitfalls.md``,
+P2W-6):
 
 * candidates: non-crowd objects with a polygon segmentation whose box area fraction (w x h / image area) lies
   strictly inside ``area_bounds`` (0.05, 0.5). Pic2Word compares the lower bound **in pixels** (0.05 < w x h), almost
@@ -63,6 +67,7 @@ MASKED_DIR = "val2017_masked"
 CSV_NAME = "coco_eval.csv"
 QUERY_SIZE = 224  # the crop is squashed to 224 x 224 (Pic2Word: resize without centre crop)
 AREA_BOUNDS = (0.05, 0.5)  # Pic2Word's bounds on the box area (the lower one meant as a fraction)
+CLASS_ORDERS = ("annotation", "sorted")  # order of the other classes: first annotation (Pic2Word's) or sorted
 EXPECTED_VAL_IMAGES = 5_000  # COCO val2017 [2nd: the COCO site]
 
 DOWNLOAD_COMMAND = "python data_scripts/coco_composition.py download --root {root}"
@@ -77,7 +82,7 @@ class CompositionRow:
     id: int  # COCO image id
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
     query_class: str
-    classes: tuple[str, ...]  # the image's other classes, sorted
+    classes: tuple[str, ...]  # the image's other classes, in the prep's class_order
 
     @property
     def text(self) -> str:
@@ -130,13 +135,15 @@ def is_candidate(ann: dict, width: int, height: int, *, area_bounds=AREA_BOUNDS,
     return low_ok and area < hi * image_area
 
 
-def choose_queries(coco: dict, *, seed: int = 0, area_bounds=AREA_BOUNDS, pixel_lower_bound: bool = False
-                   ) -> tuple[list[tuple[CompositionRow, dict]], dict]:
+def choose_queries(coco: dict, *, seed: int = 0, area_bounds=AREA_BOUNDS, pixel_lower_bound: bool = False,
+                   class_order: str = "annotation") -> tuple[list[tuple[CompositionRow, dict]], dict]:
     """Pick one query object per annotated image of a COCO instances dict (images are not opened).
 
     Returns:
         ([(row, its annotation)] sorted by image id, counts {"annotated_images", "no_candidate"}).
     """
+    if class_order not in CLASS_ORDERS:
+        raise ValueError(f"class_order must be one of {CLASS_ORDERS}, got {class_order!r}.")
     lo, hi = area_bounds
     if not 0 <= lo < hi:
         raise ValueError(f"area_bounds must be (low, high) with 0 <= low < high, got {area_bounds}.")
@@ -158,7 +165,11 @@ def choose_queries(coco: dict, *, seed: int = 0, area_bounds=AREA_BOUNDS, pixel_
         ann = candidates[int(rng.integers(len(candidates)))]
         x, y, w, h = ann["bbox"]
         query_class = names[ann["category_id"]]
-        others = tuple(sorted({names[a["category_id"]] for a in anns} - {query_class}))
+        # Pic2Word's order: first appearance in the annotation file (not by annotation id), duplicates once
+        labels = dict.fromkeys(names[a["category_id"]] for a in by_image[image_id])
+        others = tuple(c for c in labels if c != query_class)
+        if class_order == "sorted":
+            others = tuple(sorted(others))
         chosen.append((CompositionRow(image_id, (x, y, x + w, y + h), query_class, others), ann))
     return chosen, dict(annotated_images=len(by_image), no_candidate=no_candidate)
 
@@ -179,12 +190,13 @@ def mask_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask[..., None], image, np.uint8(255)).astype(np.uint8)
 
 
-def prepare(root, *, seed: int = 0, area_bounds=AREA_BOUNDS, pixel_lower_bound: bool = False) -> Path:
+def prepare(root, *, seed: int = 0, area_bounds=AREA_BOUNDS, pixel_lower_bound: bool = False,
+            class_order: str = "annotation") -> Path:
     """Choose the query objects, write ``val2017_masked/<id:012d>.png`` and ``coco_eval.csv``; return the CSV path.
 
-    Deterministic for a given (annotations, seed, area_bounds, pixel_lower_bound). Masked PNGs of an earlier prep
-    that the new one does not choose are deleted, so the folder matches the CSV. The CSV is written last (atomically):
-    its presence means the prep finished.
+    Deterministic for a given (annotations, seed, area_bounds, pixel_lower_bound, class_order). Masked PNGs of an
+    earlier prep that the new one does not choose are deleted, so the folder matches the CSV. The CSV is written last
+    (atomically): its presence means the prep finished.
 
     Raises:
         FileNotFoundError: no annotations or missing val2017 images (all listed; nothing is written).
@@ -199,7 +211,8 @@ def prepare(root, *, seed: int = 0, area_bounds=AREA_BOUNDS, pixel_lower_bound: 
                                 f"{DOWNLOAD_COMMAND.format(root=root)}")
     coco = read_json(ann_path)
     sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}  # (W, H) per the annotations
-    chosen, counts = choose_queries(coco, seed=seed, area_bounds=area_bounds, pixel_lower_bound=pixel_lower_bound)
+    chosen, counts = choose_queries(coco, seed=seed, area_bounds=area_bounds, pixel_lower_bound=pixel_lower_bound,
+                                    class_order=class_order)
     missing = [image_name(row.id) for row, _ in chosen if not (root / image_name(row.id)).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of the {len(chosen)} val2017 images to mask are missing under {root}: "
@@ -221,7 +234,7 @@ def prepare(root, *, seed: int = 0, area_bounds=AREA_BOUNDS, pixel_lower_bound: 
             stale.unlink()
     buf = io.StringIO()
     buf.write(prep_header(seed=seed, area_bounds=area_bounds, pixel_lower_bound=pixel_lower_bound,
-                          queries=len(chosen), **counts) + "\n")
+                          class_order=class_order, queries=len(chosen), **counts) + "\n")
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row, _ in chosen:
@@ -267,6 +280,7 @@ def read_csv(root) -> tuple[dict, list[CompositionRow]]:
         raise ValueError(f"{path} has no idclab prep header (a file from Pic2Word's unseeded prepare_data.py, or "
                          f"hand-made?). Write a reproducible one with\n  {PREPARE_COMMAND.format(root=root)}")
     header = parse_header(lines[0])
+    header.setdefault("class_order", "sorted")  # files written before the option sorted the other classes
     if header["version"] != PREP_VERSION:
         raise ValueError(f"{path} was written by prep v{header['version']}; this idclab reads v{PREP_VERSION}. "
                          f"Re-run\n  {PREPARE_COMMAND.format(root=root)}")

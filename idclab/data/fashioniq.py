@@ -24,6 +24,9 @@ On-disk layout (``root`` is the ``fashionIQ_dataset`` folder; ``cat`` one of dre
 Images are indexed by ASIN **globally**: 3,302 ASINs appear in two categories' split files (mostly shirt <-> toptee),
 so the 77,683 entries of the nine split files are 74,381 unique images: that is the size of a complete image set.
 If an ASIN has both a ``.png`` and a ``.jpg`` file, the ``.png`` is used; an empty (0-byte) file counts as missing.
+Some product photos are PNGs with an alpha channel. By default (``alpha="drop"``) it is discarded and the colours
+stored under it are kept, as the reference loaders of CLIP4Cir and Pic2Word read them (PIL's ``convert("RGB")``);
+``alpha="white"`` composites them onto white instead, the way idclab reads other datasets' RGBA images.
 
 Evaluation protocol (:func:`load_benchmark`, protocol ``"fashioniq"``): per category, the gallery is **every** image
 of ``split.{cat}.{split}.json`` (the "original" protocol: 3,817 / 6,346 / 5,373 val images), not the smaller union of
@@ -49,6 +52,7 @@ from torch.utils.data import Dataset
 
 from idclab.data._common import check_image_size, listing, position, read_image, read_json
 from idclab.data.cir_benchmark import CIRBenchmark, CIRQuery
+from idclab.images import ALPHA, ImageFile
 
 CATEGORIES = ("dress", "shirt", "toptee")
 SPLITS = ("train", "val", "test")
@@ -209,12 +213,13 @@ def _missing_error(root: Path, missing: list[str], what: str) -> FileNotFoundErr
 
 
 def load_benchmark(root, split: str = "val", *, categories: Sequence[str] = CATEGORIES,
-                   check_files: bool = True) -> CIRBenchmark:
+                   check_files: bool = True, alpha: str = "drop") -> CIRBenchmark:
     """FashionIQ ``split`` as a :class:`~idclab.cir.CIRBenchmark` (protocol ``"fashioniq"``).
 
     One gallery per category (key = category, the ASINs of ``split.{cat}.{split}.json`` in file order); one query per
     triplet: id "<category>/<index>", reference = candidate ASIN, kind "fashioniq", fields {"cap1", "cap2"},
-    targets (target ASIN,) (empty for test), group = gallery = category. ``images`` maps each ASIN to its file.
+    targets (target ASIN,) (empty for test), group = gallery = category. ``images`` maps each ASIN to its file, an
+    :class:`~idclab.images.ImageFile` read with ``alpha`` ("drop": the reference's; "white": composite on white).
 
     Raises:
         ValueError: a candidate or target that is not in its category's gallery (listed); a triplet without exactly
@@ -260,8 +265,8 @@ def load_benchmark(root, split: str = "val", *, categories: Sequence[str] = CATE
     if check_files and missing:
         raise _missing_error(root, missing, f"FashionIQ {split} ({', '.join(categories)})")
     # Without check_files, a missing ASIN points at its .png name (the harness lists it if it cannot read it).
-    images = {a: index.get(a, root / "images" / f"{a}.png") for a in needed}
-    info = dict(categories=counts, unique_images=len(needed), missing_images=len(missing),
+    images = {a: ImageFile(index.get(a, root / "images" / f"{a}.png"), alpha) for a in needed}
+    info = dict(categories=counts, unique_images=len(needed), missing_images=len(missing), alpha=alpha,
                 expected_triplets={c: EXPECTED_TRIPLETS[split][c] for c in categories},
                 expected_gallery={c: EXPECTED_IMAGES[split][c] for c in categories},
                 note="gallery = all of split.<category>.<split>.json ('original' protocol); reference kept")
@@ -282,14 +287,20 @@ class FashionIQTriplets(Dataset):
         split: "train" or "val" ("test" has no targets).
         categories: which categories to include, concatenated in this order.
         image_size: squash every image to ``image_size`` x ``image_size`` (bicubic, no crop); None keeps the size.
+        alpha: what happens to an alpha channel: "drop" (the reference loaders) or "white" (composite on white).
 
     Raises:
         ValueError: the test split (no targets).
         FileNotFoundError: missing annotation files, or image files (listed by ASIN; never dropped).
     """
 
-    def __init__(self, root, split: str, *, categories: Sequence[str] = CATEGORIES, image_size: int | None = None):
+    def __init__(self, root, split: str, *, categories: Sequence[str] = CATEGORIES, image_size: int | None = None,
+                 alpha: str = "drop"):
         _check(split)
+        if alpha not in ALPHA:
+            raise ValueError(f"alpha must be one of {ALPHA} (drop the alpha channel, or composite on white); "
+                             f"got {alpha!r}.")
+        self.alpha = alpha
         if split == "test":
             raise ValueError("FashionIQ's test split has no targets, so it cannot give training triplets; use "
                              "'train' or 'val'.")
@@ -311,7 +322,7 @@ class FashionIQTriplets(Dataset):
                     category=t.category, id=t.id)
 
     def _image(self, asin: str) -> np.ndarray:
-        return read_image(self.index[asin], image_size=self.image_size)
+        return read_image(self.index[asin], image_size=self.image_size, alpha=self.alpha)
 
     def __repr__(self) -> str:
         return (f"FashionIQTriplets(root={str(self.root)!r}, split={self.split!r}, categories={self.categories}, "
