@@ -81,7 +81,7 @@ UNTRAINED_ROW_STD, UNTRAINED_ROW_SEED = 0.02, 49408  # shapes-clip's token rows 
 # Tiny architectures built with random weights, for tests and for the smoke profile. Vocabulary stays at 49,408 so
 # the stock CLIP tokenizer (ids up to 49,407) works unchanged.
 TINY_CONFIGS: dict[str, dict] = {
-    # The "idc-tiny" test config measured in the reference notes: 7.99 M parameters, 6.3 M of them token embeddings.
+    # The "idc-tiny" test config: 7.99 M parameters, 6.3 M of them token embeddings (measured when it was chosen).
     "idc-tiny": dict(
         embed_dim=128,
         vision_cfg=dict(image_size=64, layers=4, width=128, head_width=32, patch_size=8),
@@ -384,7 +384,7 @@ load_image = read_image
 
 
 RESIZE_MODES = ("squash", "center_crop", "target_pad")
-TARGET_PAD_RATIO = 1.25  # CLIP4Cir's TargetPad default (combiner.md §2.3)
+TARGET_PAD_RATIO = 1.25  # CLIP4Cir's TargetPad default (its data_utils.py and CLI)
 
 
 def to_pixels(images, size: int, *, device: str | torch.device = "cpu", resize: str = "squash") -> torch.Tensor:

@@ -37,7 +37,7 @@ from idclab.data._common import listing, read_json
 from idclab.data.cir_benchmark import ALL, CIRBenchmark, CIRQuery
 
 SPLITS = ("val", "test")
-# [count] of miccunifi/CIRCO's annotation files (reference notes, metrics_and_data.md §4.6).
+# [count] of miccunifi/CIRCO's annotation files (counted when this loader was written).
 EXPECTED_QUERIES = {"val": 220, "test": 800}
 EXPECTED_GT_PER_VAL_QUERY = 4.16  # [count]
 EXPECTED_GALLERY = None  # "about 123k" images [unverified exact count]: not compared

@@ -21,8 +21,8 @@ On-disk layout (``root`` is the ``cirr_dataset`` folder, as CLIP4Cir expects it)
     train/<n>/train-*.png, dev/dev-*.png, test1/test1-*.png   the images (the CIRR README puts these folders under
                                                             img_raw/; move them up to root)
 
-Splits are "train", "val" and "test1" ("test" is accepted for "test1"). Counts [count; reference notes,
-``combiner.md`` §6.2]: queries 28,225 [unverified] / 4,181 / 4,148 and images 16,939 / 2,297 / 2,315.
+Splits are "train", "val" and "test1" ("test" is accepted for "test1"). Counts [count: from the annotation files
+of ``Cuberick-Orion/CIRR`` @ 2276fba]: queries 28,225 [unverified] / 4,181 / 4,148 and images 16,939 / 2,297 / 2,315.
 
 The Shapes world writes the same layout (``idclab shapes export --task cir`` / :func:`idclab.data.shapes.export_cir`,
 marked by a ``shapes_meta.json`` at root), adding "task" and "domain" to each entry and keeping targets in test1.
@@ -53,7 +53,7 @@ from idclab.data.cir_benchmark import ALL, CIRBenchmark, CIRQuery
 SPLITS = ("train", "val", "test1")
 SPLIT_ALIASES = {"test": "test1"}
 N_MEMBERS = 6  # images per img_set (reference and target included)
-# [count] of Cuberick-Orion/CIRR @ 2276fba (reference notes, combiner.md §6.2); train queries [unverified].
+# [count] of Cuberick-Orion/CIRR @ 2276fba (its annotation files); train queries [unverified]: the CIRR paper's figure.
 EXPECTED_QUERIES = {"train": 28_225, "val": 4_181, "test1": 4_148}
 EXPECTED_IMAGES = {"train": 16_939, "val": 2_297, "test1": 2_315}
 SHAPES_META = "shapes_meta.json"

@@ -3,18 +3,19 @@
 Papers: Baldrati, Bertini, Uricchio, Del Bimbo, "Conditioned and Composed Image Retrieval Combining and Partially
 Fine-Tuning CLIP-Based Features", CVPR 2022 Workshops (text encoder fine-tuned), and its journal extension
 "Composed Image Retrieval using Contrastive Learning and Task-oriented CLIP-based Features", ACM TOMM 2023 (both
-encoders). Reference code: ``ABaldrati/CLIP4Cir`` (commit dfed9f7). Section numbers ("§") cite idclab's condensed
-reference notes, ``combiner.md``.
+encoders). Reference code: ``ABaldrati/CLIP4Cir`` (commit dfed9f7). Comments tag where each fact comes from: [README]
+the reference README, [code] the reference code; "CMB-N" is trap N of the reference code, explained for readers in
+the book's appendix ``book/pitfalls.md``.
 
 The method in two stages:
 
-1. **Task-oriented fine-tuning** (stage 1, §4). The query is the element-wise sum of the reference image's and the
+1. **Task-oriented fine-tuning** (stage 1, [code]). The query is the element-wise sum of the reference image's and the
    modification text's raw CLIP features, L2-normalised: q = norm(psi_I(ref) + psi_T(text)) (:func:`sum_query`;
    the zero-shot "image + text" baseline of the harness normalises each feature first); the target is
    norm(psi_I(target)). The batch-based classification loss (each query picks its target among the batch's targets,
    scale 100, one direction) fine-tunes CLIP's text encoder (CVPRW) or both encoders (journal). CLIP stays in eval
    mode throughout.
-2. **The Combiner** (stage 2, §3, §5). CLIP frozen; a small network takes the raw (unnormalised) image and text
+2. **The Combiner** (stage 2, [code]). CLIP frozen; a small network takes the raw (unnormalised) image and text
    features i, t, projects each (Linear, ReLU, Dropout 0.5), concatenates [t', i'], and outputs
    norm(mixture + lambda * t + (1 - lambda) * i), where the mixture comes from an MLP and lambda in (0, 1) from
    another with a sigmoid. Same loss. With CLIP frozen and no augmentation the features are fixed, so stage 2 trains
@@ -22,9 +23,9 @@ The method in two stages:
    every step.
 
 Deviations from the reference: stage-2 features are fp32 in training and validation alike (the reference trains on
-fp16 features and validates on fp32 ones, §5); in stage 1 with the image encoder frozen (``encoder="text"``) the
+fp16 features and validates on fp32 ones, CMB-2); in stage 1 with the image encoder frozen (``encoder="text"``) the
 image features are precomputed once too (exact: CLIP is in eval mode, transforms are deterministic); the gallery
-and queries are checked and never silently dropped (§9).
+and queries are checked and never silently dropped (CMB-7).
 
 Reading order: configs and presets -> the Combiner network -> the stage-1 model and the shared loss -> training
 data (caption variants, feature caches) -> the two stages -> the retrievers -> loading checkpoints -> analysis
@@ -61,12 +62,12 @@ __all__ = [
 ]
 
 DATASETS = ("shapes", "fashioniq", "cirr")
-ENCODERS = ("text", "image", "both")  # §4 --encoder: what stage 1 fine-tunes
+ENCODERS = ("text", "image", "both")  # [code] --encoder: what stage 1 fine-tunes
 STAGES = ("finetune", "combiner")
 METHOD = "combiner"
 SUM_INPUTS = ("raw", "normalized")  # stage-1 query: norm(i + t) (the reference) or norm(norm(i) + norm(t))
-SCALE = 100.0  # §3: fixed logit scale in both stages (CLIP's learned one is not used)
-# The text each query kind gives the Combiner and the stage-1 sum (§4: FashionIQ "c1 and c2" at evaluation;
+SCALE = 100.0  # [code]: fixed logit scale in both stages (CLIP's learned one is not used)
+# The text each query kind gives the Combiner and the stage-1 sum ([code]: FashionIQ "c1 and c2" at evaluation;
 # CIRR and Shapes the caption). BPE lower-cases, so the reference's capitalisation changes nothing.
 PROMPTS = {"cirr": "{caption}", "fashioniq": "{cap1} and {cap2}", "domain": "{caption}"}
 
@@ -77,14 +78,14 @@ PROMPTS = {"cirr": "{caption}", "fashioniq": "{cap1} and {cap2}", "domain": "{ca
 
 @dataclass(frozen=True)
 class CombinerStage:
-    """One stage. Defaults: stage 1 (fine-tuning) of the README's recipe (§4)."""
+    """One stage. Defaults: stage 1 (fine-tuning) of the README's recipe."""
 
-    lr: float = 2e-6  # §4 README / code default
-    weight_decay: float = 0.01  # §4 AdamW default, on every parameter (norms and biases too)
-    betas: tuple[float, float] = (0.9, 0.999)  # §4
-    eps: float = 1e-7  # §4
-    batch_size: int = 128  # §4 README (code default 512); issue #10: 128 with gradient checkpointing
-    epochs: int = 100  # §4 README
+    lr: float = 2e-6  # [README] / code default
+    weight_decay: float = 0.01  # [code] AdamW default, on every parameter (norms and biases too)
+    betas: tuple[float, float] = (0.9, 0.999)  # [code]
+    eps: float = 1e-7  # [code]
+    batch_size: int = 128  # [README] (code default 512); issue #10: 128 with gradient checkpointing
+    epochs: int = 100  # [README]
     max_steps: int | None = None  # overrides epochs (toy / smoke)
     eval_every: int | None = None  # steps between validations; None: every epoch (the reference), or only at the
     #                                end when max_steps is set
@@ -92,24 +93,24 @@ class CombinerStage:
     ckpt_every: int | None = None  # steps between resume files (None: at the end, on interrupt, every ckpt_minutes)
 
 
-_STAGE2 = CombinerStage(lr=2e-5, weight_decay=0.0, eps=1e-8, batch_size=4096, epochs=300)  # §5: Adam, no decay
+_STAGE2 = CombinerStage(lr=2e-5, weight_decay=0.0, eps=1e-8, batch_size=4096, epochs=300)  # [README]: Adam, no decay
 
 
 @dataclass(frozen=True)
 class CombinerConfig:
     dataset: str = "fashioniq"  # one of DATASETS
     profile: str = "paper"
-    backbone: str = "RN50x4-quickgelu"  # §1, §2.2: OpenAI RN50x4 (640-d, 288 px), QuickGELU
+    backbone: str = "RN50x4-quickgelu"  # [README]: OpenAI RN50x4 (640-d, 288 px), QuickGELU
     pretrained: str | None = "openai"
-    preprocess: str = "target_pad"  # §2.3: TargetPad(1.25) -> resize -> centre crop, for every image
-    encoder: str = "text"  # §4: "text" = CVPRW (v2); "both" = the journal version (v3); "image" for completeness
-    proj_dim: int = 2560  # §3 (CLI default, absolute, = 4 x 640)
-    hidden_dim: int = 5120  # §3 (= 8 x 640)
-    dropout: float = 0.5  # §3: five dropout sites, all 0.5
-    sum_inputs: str = "raw"  # §4: the stage-1 query adds raw features, then normalises; "normalized" adds unit ones
+    preprocess: str = "target_pad"  # [code]: TargetPad(1.25) -> resize -> centre crop, for every image
+    encoder: str = "text"  # [code]: "text" = CVPRW (v2); "both" = the journal version (v3); "image" for completeness
+    proj_dim: int = 2560  # [code] (CLI default, absolute, = 4 x 640)
+    hidden_dim: int = 5120  # [code] (= 8 x 640)
+    dropout: float = 0.5  # [code]: five dropout sites, all 0.5
+    sum_inputs: str = "raw"  # [code]: the stage-1 query adds raw features, then normalises; "normalized" adds unit ones
     finetune: CombinerStage = field(default_factory=CombinerStage)  # stage 1
     combiner: CombinerStage = field(default_factory=lambda: _STAGE2)  # stage 2
-    precision: str = "auto"  # §4, §5: AMP (autocast; fp32 master weights)
+    precision: str = "auto"  # [code]: AMP (autocast; fp32 master weights)
     ckpt_minutes: float | None = 10.0  # resume file every 10 minutes of training (a Colab disconnect loses less)
     num_workers: int = 0
     shapes_triplets: tuple[int, int] = (0, 0)  # dataset "shapes": generated (train, val) triplets
@@ -172,7 +173,7 @@ def _preset(dataset: str, profile: str | None, encoder: str | None) -> CombinerC
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The Combiner network (§3)
+# The Combiner network ([code])
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -208,7 +209,7 @@ class Combiner(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Stage 1: the fine-tuned CLIP and its element-wise-sum query (§4)
+# Stage 1: the fine-tuned CLIP and its element-wise-sum query ([code])
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -218,7 +219,7 @@ def load_backbone(cfg: CombinerConfig, *, device: str | torch.device = "cpu") ->
 
 
 class FineTuner(nn.Module):
-    """CLIP with the parts ``encoder`` names trainable; always in eval mode (§2.1: BatchNorm statistics stay)."""
+    """CLIP with the parts ``encoder`` names trainable; always in eval mode ([code]: BatchNorm statistics stay)."""
 
     def __init__(self, clip: nn.Module, encoder: str):
         super().__init__()
@@ -246,7 +247,7 @@ class FineTuner(nn.Module):
 def sum_query(image: torch.Tensor, text: torch.Tensor, *, inputs: str = "raw") -> torch.Tensor:
     """The stage-1 query from raw image and text features [B, d] -> [B, d], unit length.
 
-    ``inputs="raw"`` (the reference, §4): norm(i + t), so the longer feature weighs more; ``"normalized"``:
+    ``inputs="raw"`` (the reference): norm(i + t), so the longer feature weighs more; ``"normalized"``:
     norm(norm(i) + norm(t)), both count equally (the zero-shot "image + text" baseline's form).
     """
     if inputs not in SUM_INPUTS:
@@ -258,7 +259,7 @@ def sum_query(image: torch.Tensor, text: torch.Tensor, *, inputs: str = "raw") -
 
 
 def finetune_loss(model: FineTuner, batch: dict, *, inputs: str = "raw") -> tuple[torch.Tensor, dict]:
-    """§4: q = :func:`sum_query` (norm(i_ref + t)), target norm(i_tgt); one-direction CE at scale 100 (duplicates
+    """[code]: q = :func:`sum_query` (norm(i_ref + t)), target norm(i_tgt); one-direction CE at scale 100 (duplicates
     not masked)."""
     ref = batch["ref"] if "ref" in batch else model.encode_image(batch["ref_pixels"])  # [B, d]
     tgt = batch["tgt"] if "tgt" in batch else model.encode_image(batch["tgt_pixels"])  # [B, d]
@@ -267,7 +268,7 @@ def finetune_loss(model: FineTuner, batch: dict, *, inputs: str = "raw") -> tupl
 
 
 def combiner_loss(model: Combiner, batch: dict) -> tuple[torch.Tensor, dict]:
-    """§5: the same loss on the Combiner's query; features are raw and precomputed."""
+    """[code]: the same loss on the Combiner's query; features are raw and precomputed."""
     query, lam = model.fuse(batch["ref"].float(), batch["text"].float())
     loss = batch_classification_loss(query, batch["tgt"].float(), scale=model.scale)
     return loss, {"lambda": lam.mean().detach()}
@@ -279,7 +280,7 @@ def combiner_loss(model: Combiner, batch: dict) -> tuple[torch.Tensor, dict]:
 
 
 def caption_variants(item: dict, dataset: str) -> list[str]:
-    """The texts a training triplet can show. FashionIQ (§4, ``generate_randomized_fiq_caption``): each caption
+    """The texts a training triplet can show. FashionIQ ([code], ``generate_randomized_fiq_caption``): each caption
     stripped of ".?, " at both ends, then "c1 and c2", "c2 and c1", c1, c2 with equal probability; evaluation uses
     "c1 and c2". CIRR and Shapes: the one caption."""
     if dataset == "fashioniq":
@@ -428,7 +429,7 @@ def val_benchmark(cfg: CombinerConfig, *, root: str | Path | None = None, split:
 
 
 def selection_score(metrics: dict, protocol: str) -> float:
-    """The number that picks the best checkpoint (§4): FashionIQ (mean R@10 + mean R@50) / 2; CIRR
+    """The number that picks the best checkpoint ([code]): FashionIQ (mean R@10 + mean R@50) / 2; CIRR
     (R@5 + R_subset@1) / 2; Shapes the same as CIRR."""
     if protocol == "fashioniq":
         return metrics["average"]["avg"]

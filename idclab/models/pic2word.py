@@ -2,24 +2,26 @@
 
 Paper: Saito, Sohn, Zhang, Li, Lee, Saenko, Pfister, "Pic2Word: Mapping Pictures to Words for Zero-shot Composed Image
 Retrieval", CVPR 2023 (arXiv 2302.03084). Reference code: ``google-research/composed_image_retrieval`` (commit
-8c05329). Section numbers ("§") cite idclab's condensed reference notes, ``pic2word.md``.
+8c05329). Comments tag where each fact comes from: [README] the reference README's training command, [code] the
+reference code; "P2W-N" is bug N of the reference code, explained for readers in the book's appendix
+``book/pitfalls.md``.
 
 The method in three steps:
 
-1. **Mapping network** f_M (§1.2): the CLIP image embedding v (after ``visual.proj``, *not* normalised) goes through
+1. **Mapping network** f_M ([code]): the CLIP image embedding v (after ``visual.proj``, *not* normalised) goes through
    Linear -> Dropout(0.1) -> ReLU twice and a last Linear into the token-embedding space: a pseudo-word s = f_M(v).
-2. **Training on images only** (§1.4): s replaces the placeholder ``*`` of "a photo of *" in the frozen text encoder
+2. **Training on images only** ([code]): s replaces the placeholder ``*`` of "a photo of *" in the frozen text encoder
    (:func:`idclab.backbones.encode_text_with_pseudo_tokens`); the symmetric contrastive loss pulls the text embedding
    p of that prompt towards v and away from the other images of the batch, at a fixed logit scale of 100. All of CLIP
    is frozen; gradients flow *through* the text encoder into s and f_M. No captions are used.
-3. **Zero-shot retrieval** (§2): the reference image becomes s and is composed with the modification in a prompt,
+3. **Zero-shot retrieval** ([code]): the reference image becomes s and is composed with the modification in a prompt,
    e.g. "a cartoon of *" (domain conversion) or "a photo of * , {caption}" (CIRR); the text embedding of the prompt is
    the query, the gallery is CLIP image embeddings. Prompts are config fields, recorded with every result.
 
-Deviations from the reference, each fixing one of its bugs (§5): the placeholder is found in every row of a batch,
-not row 0 only (bug 3); CLIP's weights are frozen rather than left trainable (bug 11); training is seeded (bug 7);
-evaluation errors propagate (bug 1). Option ``precompute``: encode every training image once and train on the stored
-features -- about 3x less compute per step on a GPU (§1.5), but without the RandomResizedCrop(0.9-1.0) augmentation
+Deviations from the reference, each fixing one of its bugs: the placeholder is found in every row of a batch,
+not row 0 only (P2W-3); CLIP's weights are frozen rather than left trainable (P2W-11); training is seeded (P2W-7);
+evaluation errors propagate (P2W-1). Option ``precompute``: encode every training image once and train on the stored
+features -- about 3x less compute per step on a GPU, but without the RandomResizedCrop(0.9-1.0) augmentation
 of the reference (each image always gives the same v).
 
 Reading order: config and presets -> mapping network -> the frozen-CLIP model and its loss -> training data ->
@@ -58,7 +60,7 @@ __all__ = [
     "Pic2WordRetriever", "load", "load_retriever", "load_reference_mapping",
 ]
 
-# §2: the composed query per task. The space in "* ," is deliberate: "*," is one BPE chunk with no "*" token (§1.3).
+# [code] The composed query per task. "* ," is deliberate: "*," is one BPE chunk with no "*" token (P2W-4).
 PROMPTS = {
     "domain": "a {domain} of *",  # ImageNet-R domain conversion (and the Shapes domain task)
     "cirr": "a photo of * , {caption}",  # CIRR (and the Shapes attribute / object tasks, and CIRCO)
@@ -76,35 +78,35 @@ STAGES = ("mapping",)  # one stage: the mapping network
 
 @dataclass(frozen=True)
 class Pic2WordConfig:
-    dataset: str = "cc3m"  # §1.5: CC3M images via a TSV (filepath, title; titles unused); or "folder" / "shapes"
+    dataset: str = "cc3m"  # [README]: CC3M images via a TSV (filepath, title; titles unused); or "folder" / "shapes"
     profile: str = "paper"
-    backbone: str = "ViT-L-14-quickgelu"  # §1.1: ViT-L/14, OpenAI weights (QuickGELU), 224 px
-    pretrained: str | None = "openai"  # §1.1
-    middle_dim: int = 512  # §1.2 --middle_dim
-    n_layers: int = 2  # §1.2 --n_layer: hidden blocks Linear -> Dropout -> ReLU
-    dropout: float = 0.1  # §1.2: hard-coded 0.1 (the --droprate flag is ignored, bug 10)
-    train_prompt: str = "a photo of *"  # §1.3: the pseudo-word takes the place of the object
-    logit_scale: float | None = 100.0  # §1.4: fixed, CLIP's exp(logit_scale) = 100; None: the backbone's own, frozen
-    lr: float = 1e-4  # §1.5 README command
-    weight_decay: float = 0.1  # §1.5 (on weight matrices; none on biases)
-    betas: tuple[float, float] = (0.9, 0.98)  # §1.5 ViT defaults
-    eps: float = 1e-6  # §1.5
-    warmup_steps: int = 10_000  # §1.5: linear warm-up, then cosine to 0
-    epochs: int = 30  # §1.5
+    backbone: str = "ViT-L-14-quickgelu"  # [code]: ViT-L/14, OpenAI weights (QuickGELU), 224 px
+    pretrained: str | None = "openai"  # [code]
+    middle_dim: int = 512  # [code] --middle_dim
+    n_layers: int = 2  # [code] --n_layer: hidden blocks Linear -> Dropout -> ReLU
+    dropout: float = 0.1  # [code]: hard-coded 0.1 (the --droprate flag is ignored, P2W-10)
+    train_prompt: str = "a photo of *"  # [code]: the pseudo-word takes the place of the object
+    logit_scale: float | None = 100.0  # [code]: fixed, CLIP's exp(logit_scale) = 100; None: the backbone's own, frozen
+    lr: float = 1e-4  # [README] training command
+    weight_decay: float = 0.1  # [README] (on weight matrices; none on biases)
+    betas: tuple[float, float] = (0.9, 0.98)  # [README] ViT defaults
+    eps: float = 1e-6  # [README]
+    warmup_steps: int = 10_000  # [README]: linear warm-up, then cosine to 0
+    epochs: int = 30  # [README]
     max_steps: int | None = None  # overrides epochs (toy / smoke)
-    batch_size: int = 128  # §1.5: per GPU; the reference spawns on every visible GPU, 8 GPUs = 1,024 negatives
-    precision: str = "auto"  # §1.5 --precision amp (autocast on CUDA, fp32 master weights)
-    crop_scale: tuple[float, float] = (0.9, 1.0)  # §1.5 RandomResizedCrop(224, scale 0.9-1.0, bicubic)
+    batch_size: int = 128  # [README]: per GPU; the reference spawns on every visible GPU, 8 GPUs = 1,024 negatives
+    precision: str = "auto"  # [README] --precision amp (autocast on CUDA, fp32 master weights)
+    crop_scale: tuple[float, float] = (0.9, 1.0)  # [README] RandomResizedCrop(224, scale 0.9-1.0, bicubic)
     precompute: bool = False  # the reference re-encodes every step (with the crop); True: once, no augmentation
-    preprocess: str = "center_crop"  # §1.5 evaluation: Resize(224, bicubic) + CenterCrop(224)
-    prompts: dict = field(default_factory=lambda: dict(PROMPTS))  # §2, recorded with every result
+    preprocess: str = "center_crop"  # [README] evaluation: Resize(224, bicubic) + CenterCrop(224)
+    prompts: dict = field(default_factory=lambda: dict(PROMPTS))  # [code], recorded with every result
     shapes_images: tuple[int, int] = (0, 0)  # data == "shapes": (train, val) photos generated
     val_images: int = 1000  # held-out images for the inversion check (val split of Shapes; else the last N images)
     eval_every: int | None = None  # steps between validations (None: at the end only)
     ckpt_every: int | None = None  # steps between resume files (None: at the end, on interrupt, every ckpt_minutes)
     ckpt_minutes: float | None = 10.0  # resume file every 10 minutes of training (a Colab disconnect loses less)
     num_workers: int = 0  # DataLoader workers decoding images (paper: set it on a GPU machine)
-    seed: int = 0  # the reference is unseeded (bug 7)
+    seed: int = 0  # the reference is unseeded (P2W-7)
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -162,7 +164,7 @@ def config_for(dataset: str | None = None, profile: str | None = None, *, precom
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The mapping network (§1.2)
+# The mapping network ([code])
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -189,7 +191,7 @@ class MappingNetwork(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The model: frozen CLIP + mapping network, and the training loss (§1.4)
+# The model: frozen CLIP + mapping network, and the training loss ([code])
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -221,7 +223,7 @@ class Pic2Word(nn.Module):
 
     def train(self, mode: bool = True) -> Pic2Word:
         super().train(mode)
-        self.clip.eval()  # §1.1: CLIP stays in eval mode; the mapping network trains (dropout active)
+        self.clip.eval()  # [code]: CLIP stays in eval mode; the mapping network trains (dropout active)
         return self
 
     @property
@@ -245,7 +247,7 @@ class Pic2Word(nn.Module):
 
 
 def pic2word_loss(model: Pic2Word, batch: dict) -> tuple[torch.Tensor, dict]:
-    """§1.4: v = image features (given, or encoded without gradient); p = text features of "a photo of f_M(v)";
+    """[code]: v = image features (given, or encoded without gradient); p = text features of "a photo of f_M(v)";
     L = (CE(scale * v_hat p_hat^T, I) + CE(scale * p_hat v_hat^T, I)) / 2, negatives from the global batch."""
     v = batch["features"] if "features" in batch else model.image_features(batch["pixels"])  # [B, D]
     tokens = model.train_tokens.expand(v.shape[0], -1)  # [B, L]
@@ -415,7 +417,7 @@ def _mapping_state(state: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Retrieval (§2): the retriever for idclab.cir
+# Retrieval ([code]): the retriever for idclab.cir
 # ----------------------------------------------------------------------------------------------------------------------
 
 
