@@ -407,9 +407,9 @@ def test_presets_carry_the_paper_values():
         ("ViT-B-32-quickgelu", "openai", 9)
     assert clevr.encoder.temperature == 0.01 and clevr.encoder.max_words == 32
     assert (clevr.adapt.lr, clevr.adapt.weight_decay, clevr.adapt.schedule, clevr.adapt.batch_size,
-            clevr.adapt.epochs, clevr.adapt.distractor_swap_p) == (1e-4, 0.2, "cosine", 128, 12, 0.5)
+            clevr.adapt.epochs, clevr.adapt.distractor_swap_p) == (1e-4, 0.2, "cosine_whole_run", 128, 12, 0.5)
     assert (clevr.caption.weight_decay, clevr.caption.schedule, clevr.caption.epochs, clevr.caption.no_change,
-            clevr.caption.pair_lr) == (0.01, "linear", 50, True, clevr.caption.clip_lr)
+            clevr.caption.pair_lr) == (0.01, "linear_whole_run", 50, True, clevr.caption.clip_lr)
     d = clevr.decoder
     assert (d.layers, d.width, d.heads, d.ffn, d.dropout, d.max_tokens, d.ignore_index) == \
         (3, 512, 8, 2048, 0.1, 32, -100)
