@@ -348,7 +348,9 @@ def tokenize(texts: str | Sequence[str], *, context_length: int = 77, max_words:
     """Tokenise to at most ``max_words`` tokens (SOT and EOT included, EOT kept when truncating), padded to ``context_length``.
 
     CLIP4IDC feeds 32-token captions to a 77-context model; thanks to the causal mask, the EOT feature of the
-    32-token sequence padded to 77 is exactly that of the 32-token model the reference slices out.
+    32-token sequence padded to 77 is exactly that of the 32-token model the reference slices out. Cutting to an
+    explicit ``max_words`` is silent (the caller chose it); a text longer than ``context_length`` itself is cut with a
+    warning that says how many tokens were dropped. The ids equal open_clip's tokenizer's.
 
     Returns:
         LongTensor [N, context_length].
@@ -357,11 +359,27 @@ def tokenize(texts: str | Sequence[str], *, context_length: int = 77, max_words:
         texts = [texts]
     if not all(isinstance(t, str) for t in texts):
         raise TypeError("tokenize() takes a string or a sequence of strings.")
+    explicit = max_words is not None
     max_words = context_length if max_words is None else max_words
     if not 2 <= max_words <= context_length:
         raise ValueError(f"max_words={max_words} must lie in [2, context_length={context_length}].")
-    ids = get_tokenizer()(list(texts), context_length=max_words)  # [N, max_words], EOT kept on truncation
-    return F.pad(ids, (0, context_length - max_words))  # [N, context_length]
+    tok = get_tokenizer()
+    out = torch.zeros(len(texts), context_length, dtype=torch.long)  # [N, context_length], 0 = padding
+    cut = []  # (text index, its tokens without SOT/EOT)
+    for i, text in enumerate(texts):
+        ids = [tok.sot_token_id] + tok.encode(text) + [tok.eot_token_id]
+        if len(ids) > max_words:
+            cut.append((i, ids[1:-1]))
+            ids = ids[:max_words - 1] + [tok.eot_token_id]
+        out[i, :len(ids)] = torch.tensor(ids)
+    if cut and not explicit:
+        keep = max_words - 2
+        detail = "; ".join(f"text {i} lost {len(ids) - keep} of its {len(ids)} tokens "
+                           f"({tok.decode(ids[keep:]).strip()[:60]!r}...)" for i, ids in cut[:5])
+        warnings.warn(f"{len(cut)} of {len(texts)} texts are longer than the text encoder's context of {max_words} "
+                      f"tokens (start and end included) and were cut to their first {keep} tokens: {detail}",
+                      stacklevel=2)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -565,8 +583,11 @@ def encode_text(model: open_clip.CLIP, tokens: torch.Tensor, *, normalize: bool 
 
 
 @contextlib.contextmanager
-def pseudo_token_hook(model: open_clip.CLIP, pseudo: torch.Tensor, placeholder_id: int) -> Iterator[None]:
-    """While active, the token-embedding output at every ``placeholder_id`` position of row b is ``pseudo[b]``.
+def pseudo_token_hook(model: open_clip.CLIP, pseudo: torch.Tensor, placeholder_id: int,
+                      positions: torch.Tensor | None = None) -> Iterator[None]:
+    """While active, the token-embedding output at every ``placeholder_id`` position of row b is ``pseudo[b]``;
+    with ``positions`` [B], only at position ``positions[b]`` (which must hold ``placeholder_id``), so a placeholder
+    word typed by a user elsewhere in the text keeps its own embedding.
 
     ``pseudo``: [B, width] (one vector per text in the batch). The hook is always removed on exit.
     """
@@ -575,8 +596,14 @@ def pseudo_token_hook(model: open_clip.CLIP, pseudo: torch.Tensor, placeholder_i
         ids = inputs[0]  # [B, L]
         if ids.shape[0] != pseudo.shape[0]:
             raise ValueError(f"{ids.shape[0]} texts but {pseudo.shape[0]} pseudo-token vectors; give one per text.")
-        mask = (ids == placeholder_id).unsqueeze(-1)  # [B, L, 1]
-        return torch.where(mask, pseudo[:, None, :].to(output.dtype), output)
+        if positions is None:
+            mask = ids == placeholder_id  # [B, L]
+        else:
+            mask = torch.zeros_like(ids, dtype=torch.bool)  # [B, L]
+            mask[torch.arange(ids.shape[0], device=ids.device), positions.to(ids.device)] = True
+            if not bool((ids[mask] == placeholder_id).all()):
+                raise ValueError("A given placeholder position does not hold the placeholder token.")
+        return torch.where(mask.unsqueeze(-1), pseudo[:, None, :].to(output.dtype), output)
 
     handle = model.token_embedding.register_forward_hook(hook)
     try:
@@ -591,6 +618,7 @@ def encode_text_with_pseudo_tokens(
     pseudo: torch.Tensor,
     *,
     placeholder: str = PLACEHOLDER,
+    positions: torch.Tensor | None = None,
     normalize: bool = False,
 ) -> torch.Tensor:
     """Encode texts in which the placeholder word's embedding is replaced by a per-text vector.
@@ -599,18 +627,27 @@ def encode_text_with_pseudo_tokens(
         tokens: LongTensor [B, L] from :func:`tokenize`; every row must contain the placeholder.
         pseudo: [B, width] vectors in the token-embedding space (gradients flow into them).
         placeholder: the word whose embedding is replaced (``*`` in Pic2Word).
+        positions: LongTensor [B], the one position per row to replace (the prompt template's placeholder; a ``*``
+            in a user's text is then left alone); None replaces every placeholder token.
     Returns:
         [B, embed_dim] text features (the end-of-text token after ``ln_final`` and the text projection).
     """
     pid = token_id(placeholder)
-    missing = (~(tokens == pid).any(dim=1)).nonzero().flatten().tolist()
+    if positions is None:
+        missing = (~(tokens == pid).any(dim=1)).nonzero().flatten().tolist()
+    else:
+        if positions.shape != (tokens.shape[0],):
+            raise ValueError(f"positions must be [B] = [{tokens.shape[0]}] (one per text); got {tuple(positions.shape)}.")
+        held = tokens.gather(1, positions.to(tokens.device)[:, None].clamp(0, tokens.shape[1] - 1))[:, 0]  # [B]
+        missing = ((held != pid) | (positions.to(tokens.device) >= tokens.shape[1])).nonzero().flatten().tolist()
     if missing:
+        where = "" if positions is None else " at the given positions"
         raise ValueError(
-            f"Texts {missing} contain no placeholder {placeholder!r}; write the prompt with it, e.g. 'a photo of "
+            f"Texts {missing} contain no placeholder {placeholder!r}{where}; write the prompt with it, e.g. 'a photo of "
             f"{placeholder}'. (Keep it a separate word: in '{placeholder},' BPE may merge it with the comma.)"
         )
     width = model.token_embedding.weight.shape[1]
     if pseudo.ndim != 2 or pseudo.shape[1] != width:
         raise ValueError(f"pseudo must be [B, {width}] (the token-embedding width); got {tuple(pseudo.shape)}.")
-    with pseudo_token_hook(model, pseudo, pid):
+    with pseudo_token_hook(model, pseudo, pid, positions):
         return encode_text(model, tokens, normalize=normalize)

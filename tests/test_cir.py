@@ -144,7 +144,7 @@ def test_missing_and_unreadable_images_are_listed_not_dropped(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"1 images of x val are missing: gone.png"):
         cir.evaluate(retriever, bench, progress=False)
     bench.galleries = {ALL: names[:4]}
-    with pytest.raises(OSError, match=r"1 images of x val cannot be read: broken.png"):
+    with pytest.raises(OSError, match=r"1 images of x val cannot be read: \S*broken.png is not an image"):
         cir.evaluate(retriever, bench, progress=False)
 
 

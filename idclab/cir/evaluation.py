@@ -1,14 +1,18 @@
 """Evaluating a retriever on a CIR benchmark: cached image features, exact ranking, each benchmark's protocol.
 
 :func:`image_features` computes the raw CLIP image features once per image (cached on disk under a hash of the image
-tower, the preprocessing and the names); :func:`rank` ranks every query's gallery by exact chunked search;
-:func:`score` applies the benchmark's protocol (the table in :mod:`idclab.cir`); :func:`evaluate` does both for one
-method, and :func:`compare` for a method beside the image-only, text-only and image+text baselines.
+tower, the preprocessing, the names and the files' sizes and modification times); :func:`rank` ranks every query's
+gallery by exact chunked search; :func:`score` applies the benchmark's protocol (the table in :mod:`idclab.cir`);
+:func:`evaluate` does both for one method, and :func:`compare` for a method beside the image-only, text-only and
+image+text baselines.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +25,10 @@ from tqdm.auto import tqdm
 from idclab.cir.retrievers import Baseline, CLIPRetriever
 from idclab.data._common import listing
 from idclab.data.cir_benchmark import ALL, CIRBenchmark, CIRQuery, check_benchmark, missing_files
-from idclab.images import read_image
+from idclab.images import ImageError, read_image
 from idclab.metrics.retrieval import (map_at_k, recall_at_k, recall_at_k_multi, recall_fraction_at_k,
                                       recall_subset_at_k, topk_search)
+from idclab.runs import UnsafeCheckpointError
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Raw image features, computed once (missing or unreadable images are listed, never dropped)
@@ -34,52 +39,100 @@ def image_features(retriever: CLIPRetriever, bench: CIRBenchmark, names: Sequenc
                    cache_dir: str | Path | None = None, batch_size: int = 64, progress: bool = True) -> Tensor:
     """Raw CLIP image features [N, D] of ``names`` (float32, on the retriever's device), computed once.
 
-    With ``cache_dir`` the features are stored as ``<bench>-<split>-<hash>.pt``, the hash covering the image tower's
-    weights, the preprocessing and the names, so a changed model or split never reuses stale features. Missing files
-    are listed before any work; unreadable ones are all listed after one pass (none is skipped).
+    Missing files are listed before any work; unreadable ones are all listed after one pass (none is skipped).
+    ``cache_dir``: see :func:`encode_images`.
     """
     names = list(names)
     missing = missing_files(bench, names)
     if missing:
         raise FileNotFoundError(f"{len(missing)} images of {bench.name} {bench.split} are missing: {listing(missing)}. "
                                 f"Run the dataset's data_scripts/<name>.py verify for the full list.")
+    feats, unreadable = encode_images(retriever, bench, names, cache_dir=cache_dir, batch_size=batch_size,
+                                      progress=progress)
+    if unreadable:
+        raise OSError(f"{len(unreadable)} images of {bench.name} {bench.split} cannot be read: "
+                      f"{listing(list(unreadable.values()))}. Re-download them (data_scripts/<name>.py verify lists "
+                      "them all).")
+    return feats
+
+
+def _read_cache(path: Path) -> dict:
+    """A feature cache, read with ``weights_only=True``: a file that only loads by running code is refused."""
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"The feature cache {path} holds Python objects that only load by running code from the file, so idclab "
+            f"refuses it ({str(err).splitlines()[0][:160]}); idclab writes tensors and plain values only. Delete it "
+            "(it is recomputed) and check who can write to --cache-dir.") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ValueError(f"The feature cache {path} is not readable ({str(err).splitlines()[0][:160]}); delete it "
+                         "(it is recomputed).") from None
+    if not isinstance(cached, dict) or not {"names", "features"} <= set(cached):
+        raise ValueError(f"{path} is not an idclab feature cache; delete it or choose another --cache-dir.")
+    return cached
+
+
+def encode_images(retriever: CLIPRetriever, bench: CIRBenchmark, names: Sequence[str], *,
+                  cache_dir: str | Path | None = None, batch_size: int = 64, progress: bool = True
+                  ) -> tuple[Tensor, dict[str, str]]:
+    """Raw CLIP image features [N, D] of ``names`` (zero rows for images that cannot be read) and {name: why} of
+    those; the caller decides whether to refuse them (:func:`image_features`) or leave them out (``GallerySearch``).
+
+    With ``cache_dir`` both are stored as ``<bench>-<split>-<hash>.pt``, the hash covering the image tower's weights,
+    the preprocessing, the names and each image file's size and modification time (arrays: their bytes), so a changed
+    model, split or image file never reuses stale features. Images given as loaders are keyed on their names only.
+    """
+    names = list(names)
     path = None
     if cache_dir is not None:
-        key = hashlib.sha256((retriever.image_key() + "\n" + "\n".join(names)).encode()).hexdigest()[:16]
-        path = Path(cache_dir) / f"{bench.name}-{bench.split}-{key}.pt"
+        path = Path(cache_dir) / f"{bench.name}-{bench.split}-{_cache_key(retriever, bench, names)}.pt"
         if path.is_file():
-            cached = torch.load(path, map_location="cpu")
+            cached = _read_cache(path)
             if cached["names"] == names:
-                return cached["features"].to(retriever.device)
-    feats, unreadable = [], []
+                return cached["features"].to(retriever.device), dict(cached.get("unreadable", {}))
+    rows, feats, unreadable = [], [], {}  # positions of the readable images, their features; {name: why} of the rest
     bar = tqdm(range(0, len(names), batch_size), desc=f"image features ({bench.name})", disable=not progress,
                unit="batch")
     for start in bar:
-        batch, ok = [], []
-        for n in names[start:start + batch_size]:
+        batch = []
+        for i, n in enumerate(names[start:start + batch_size], start):
             try:
                 batch.append(read_image(bench.images[n]))
-                ok.append(True)
-            except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for broken files; listed below
-                unreadable.append(f"{n} ({type(e).__name__}: {e})")
-                ok.append(False)
+                rows.append(i)
+            except (OSError, ValueError, SyntaxError) as e:  # broken files (ImageError names the file); listed
+                named = isinstance(e, (ImageError, FileNotFoundError))
+                unreadable[n] = str(e).rstrip(".") if named else f"{n} ({type(e).__name__}: {e})"
         if batch:
-            f = retriever.encode_image(batch)  # [b, D]
-            if not all(ok):  # keep row order; rows of unreadable images are never used (we raise below)
-                full = f.new_zeros(len(ok), f.shape[1])
-                full[torch.tensor(ok, device=f.device)] = f
-                f = full
-            feats.append(f)
-    if unreadable:
-        raise OSError(f"{len(unreadable)} images of {bench.name} {bench.split} cannot be read: {listing(unreadable)}. "
-                      "Re-download them (data_scripts/<name>.py verify lists them all).")
-    out = torch.cat(feats)
+            feats.append(retriever.encode_image(batch))  # [b, D]
+    dim = feats[0].shape[1] if feats else 0
+    out = torch.zeros(len(names), dim, device=retriever.device)  # [N, D]; unreadable images keep zero rows
+    if feats:
+        out[rows] = torch.cat(feats)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(dict(names=names, features=out.cpu()), tmp)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(dict(names=names, features=out.cpu(), unreadable=unreadable), tmp)
         tmp.replace(path)
-    return out
+    return out, unreadable
+
+
+def _cache_key(retriever: CLIPRetriever, bench: CIRBenchmark, names: list[str]) -> str:
+    """A hash of the image tower, the preprocessing, the names and what each name reads (a file's size,
+    modification time and permissions; an array's bytes)."""
+    h = hashlib.sha256(retriever.image_key().encode())
+    for n in names:
+        source = bench.images[n]
+        h.update(f"\n{n}\t{getattr(source, 'alpha', '')}\t".encode())
+        if isinstance(source, (str, os.PathLike)):
+            try:
+                st = os.stat(source)
+                h.update(f"{st.st_size}\t{st.st_mtime_ns}\t{st.st_mode}".encode())  # mode: a chmod-ed file
+            except OSError:  # missing: listed when read
+                h.update(b"missing")
+        elif isinstance(source, np.ndarray):
+            h.update(source.tobytes())
+    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -120,11 +173,13 @@ def rank(retriever: CLIPRetriever, bench: CIRBenchmark, *, k: int | None = None,
     :func:`compare`).
     """
     check_benchmark(bench)
+    if k is not None and k < 1:
+        raise ValueError(f"k must be >= 1 (gallery items per query), got {k}.")
     if feats is None:
         names = needed_images(bench)
         feats = image_features(retriever, bench, names, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
     row_of = {n: i for i, n in enumerate(names)}
-    k = k or max(RECALL_KS[bench.protocol])
+    k = max(RECALL_KS[bench.protocol]) if k is None else k
     exclude = bench.protocol in EXCLUDES_REFERENCE
     by_gallery: dict[str, list[int]] = {}
     for i, q in enumerate(bench.queries):

@@ -8,7 +8,9 @@ of every CIR table (image only, text only, image + text); Pic2Word and the Combi
 from __future__ import annotations
 
 import hashlib
+import re
 import string
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -40,9 +42,20 @@ def template_fields(template: str) -> tuple[str, ...]:
     return tuple(name for _, name, _, _ in string.Formatter().parse(template) if name)
 
 
-def compose(template: str, query: CIRQuery, *, strip: str | None = None) -> str:
-    """Fill ``template`` with the query's fields, each stripped of the characters ``strip`` at both ends (default:
-    whitespace); a missing or empty field is an error naming the query."""
+def compose(template: str, query: CIRQuery, *, strip: str | None = None, context_length: int | None = None) -> str:
+    """Fill ``template`` with the query's fields (see :func:`prompt_fields`)."""
+    return template.format(**prompt_fields(template, query, strip=strip, context_length=context_length))
+
+
+def prompt_fields(template: str, query: CIRQuery, *, strip: str | None = None,
+                  context_length: int | None = None) -> dict[str, str]:
+    """The query's values for the ``{field}`` names of ``template``, each stripped of the characters ``strip`` at both
+    ends (default: whitespace); a missing or empty field is an error naming the query.
+
+    ``context_length``: when the filled prompt is longer than the text encoder reads (start and end tokens
+    included), the longest fields are cut from their ends, with a warning that says how much was dropped; the
+    template's own words (Pic2Word's ``*`` among them) are always kept whole.
+    """
     text_fields = {}
     for name in template_fields(template):
         if name not in query.fields:
@@ -54,7 +67,60 @@ def compose(template: str, query: CIRQuery, *, strip: str | None = None) -> str:
                              "entry in the annotation file: an empty text would silently turn the query into an "
                              "image-only one.")
         text_fields[name] = value
-    return template.format(**text_fields)
+    if context_length is None:
+        return text_fields
+    return _fit(template, text_fields, context_length, query.id)
+
+
+def _fit(template: str, fields: dict[str, str], context_length: int, query_id: str) -> dict[str, str]:
+    """Cut the longest fields (in tokens, from their ends) until the filled template fits ``context_length``."""
+    tok = backbones.get_tokenizer()
+
+    def length(values: dict[str, str]) -> int:  # tokens of the filled template, start and end included
+        return len(tok.encode(template.format(**values))) + 2
+
+    total = length(fields)
+    if total <= context_length:
+        return fields
+    ids = {k: tok.encode(v) for k, v in fields.items()}
+    budget = sum(len(v) for v in ids.values()) - (total - context_length)  # tokens left for the fields
+    cap = max(len(v) for v in ids.values())  # each field keeps at most ``cap`` tokens: the longest are cut first
+    while cap > 0 and sum(min(len(v), cap) for v in ids.values()) > budget:
+        cap -= 1
+    while cap > 0:
+        cut = {k: tok.decode(v[:cap]).strip() if len(v) > cap else fields[k] for k, v in ids.items()}
+        if length(cut) <= context_length:  # BPE may merge differently across a cut: check the real length
+            break
+        cap -= 1
+    if cap == 0:
+        raise ValueError(f"The prompt {template!r} leaves no room for the text of query {query_id!r} within the text "
+                         f"encoder's {context_length} tokens; shorten the template.")
+    dropped = "; ".join(f"{k}: {len(v) - cap} of {len(v)} tokens ({tok.decode(v[cap:]).strip()[:60]!r}...)"
+                        for k, v in ids.items() if len(v) > cap)
+    warnings.warn(f"Query {query_id!r}: its prompt is {total} tokens, more than the {context_length} the text encoder "
+                  f"reads (start and end included); cut the end of the text: {dropped}", stacklevel=2)
+    return cut
+
+
+def placeholder_position(template: str, fields: Mapping[str, str], placeholder: str) -> int:
+    """The token position (start token = 0) of the template's own ``placeholder`` word in the filled template: a
+    placeholder character typed by a user inside a field is not it."""
+    head = template[:_placeholder_span(template, placeholder)[0]]  # the template up to its placeholder word
+    return 1 + len(backbones.get_tokenizer().encode(head.format(**fields)))
+
+
+def _placeholder_span(template: str, placeholder: str) -> tuple[int, int]:
+    """(start, end) of the one word of ``template`` that is exactly ``placeholder``; an error if there are none or
+    several."""
+    found = [m.span() for m in re.finditer(r"(?<!\S)" + re.escape(placeholder) + r"(?!\S)", template)]
+    example = f"e.g. 'a photo of {placeholder} , {{caption}}' (with a space before any punctuation)"
+    if not found:
+        raise ValueError(f"The prompt {template!r} has no placeholder {placeholder!r} as a word of its own, so the "
+                         f"image would be ignored; write it once, {example}.")
+    if len(found) > 1:
+        raise ValueError(f"The prompt {template!r} has {len(found)} placeholders {placeholder!r}; the image becomes "
+                         f"one word: write it once, {example}.")
+    return found[0]
 
 
 def check_prompts(prompts: Mapping[str, str], *, placeholder: str | None = None) -> dict[str, str]:
@@ -72,6 +138,7 @@ def check_prompts(prompts: Mapping[str, str], *, placeholder: str | None = None)
             raise ValueError(f"The {kind!r} prompt {template!r} uses fields {sorted(extra)}; {kind!r} queries have "
                              f"{list(KINDS[kind])}.")
         if placeholder is not None:
+            _placeholder_span(template, placeholder)
             filled = template.format(**{f: "x" for f in template_fields(template)})
             ids = backbones.tokenize(filled)[0]
             if not bool((ids == backbones.token_id(placeholder)).any()):
@@ -134,14 +201,18 @@ class CLIPRetriever:
         return F.normalize(backbones.encode_text(self.clip, tokens).float(), dim=-1)
 
     def texts(self, queries: Sequence[CIRQuery]) -> list[str]:
-        """Each query's text from ``self.prompts`` (its kind's template); a kind without a template is an error."""
-        out = []
-        for q in queries:
-            if q.kind not in self.prompts:
-                raise ValueError(f"No {self.method} prompt for {q.kind!r} queries; add one to prompts "
-                                 f"({sorted(self.prompts)}).")
-            out.append(compose(self.prompts[q.kind], q, strip=self.field_strip.get(q.kind)))
-        return out
+        """Each query's text from ``self.prompts`` (its kind's template); a kind without a template is an error.
+        A text longer than the text encoder's context is cut to fit, with a warning (:func:`prompt_fields`)."""
+        return [template.format(**fields) for template, fields in map(self.prompt, queries)]
+
+    def prompt(self, query: CIRQuery) -> tuple[str, dict[str, str]]:
+        """The template of the query's kind and the query's values for its fields (cut to fit the context)."""
+        if query.kind not in self.prompts:
+            raise ValueError(f"No {self.method} prompt for {query.kind!r} queries; add one to prompts "
+                             f"({sorted(self.prompts)}).")
+        template = self.prompts[query.kind]
+        return template, prompt_fields(template, query, strip=self.field_strip.get(query.kind),
+                                       context_length=self.context_length)
 
     def encode_gallery(self, image_feats: Tensor) -> Tensor:  # [G, D] raw -> [G, D] normalised
         return F.normalize(image_feats.float(), dim=-1)

@@ -7,16 +7,18 @@ composer widget and ``idclab retrieve`` use it); :func:`retrieve` searches a fol
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from idclab.cir.evaluation import image_features
+from idclab.cir.evaluation import encode_images
 from idclab.cir.retrievers import CLIPRetriever
+from idclab.data._common import listing
 from idclab.data.cir_benchmark import ALL, KINDS, CIRBenchmark, CIRQuery, ImageSource, missing_files
 from idclab.data.image_folder import list_images
-from idclab.images import read_image
+from idclab.images import ImageError, read_image
 
 
 class GallerySearch:
@@ -24,11 +26,24 @@ class GallerySearch:
     (reference, text) query in milliseconds (the chapter's composer widget and ``idclab retrieve`` use it)."""
 
     def __init__(self, retriever: CLIPRetriever, bench: CIRBenchmark, *, gallery: str = ALL,
-                 cache_dir: str | Path | None = None, progress: bool = True):
+                 cache_dir: str | Path | None = None, progress: bool = True, skip_bad_images: bool = False):
         self.retriever, self.bench = retriever, bench
-        self.names = list(bench.galleries[gallery])
+        names = list(bench.galleries[gallery])
+        raw, bad = encode_images(retriever, bench, names, cache_dir=cache_dir, progress=progress)  # [G, D]
+        if bad:
+            listed = listing(list(bad.values()))
+            if not skip_bad_images:
+                raise ImageError(f"{len(bad)} of the {len(names)} gallery images cannot be read: {listed}. Remove or "
+                                 "replace them, or leave them out with --skip-bad-images (skip_bad_images=True).")
+            if len(bad) == len(names):
+                raise ImageError(f"None of the {len(names)} gallery images can be read: {listed}.")
+            warnings.warn(f"Left out {len(bad)} of the {len(names)} gallery images, which cannot be read: {listed}",
+                          stacklevel=2)
+            keep = [i for i, n in enumerate(names) if n not in bad]
+            names, raw = [names[i] for i in keep], raw[keep]
+        self.names = names
         self.position = {n: i for i, n in enumerate(self.names)}
-        self.raw = image_features(retriever, bench, self.names, cache_dir=cache_dir, progress=progress)  # [G, D]
+        self.raw = raw  # [G, D]
         self.gallery = retriever.encode_gallery(self.raw)  # [G, D]
 
     def search(self, reference: str | ImageSource, text: str, *, kind: str = "cirr", k: int = 5,
@@ -55,11 +70,17 @@ class GallerySearch:
 
 
 def retrieve(retriever: CLIPRetriever, image: ImageSource, text: str, gallery: str | Path | Sequence[str | Path], *,
-             k: int = 5, kind: str = "cirr", cache_dir: str | Path | None = None, progress: bool = True
-             ) -> list[tuple[str, float]]:
+             k: int = 5, kind: str = "cirr", cache_dir: str | Path | None = None, progress: bool = True,
+             skip_bad_images: bool = False) -> list[tuple[str, float]]:
     """The top ``k`` images of ``gallery`` (a folder, searched recursively, or a list of files) for one composed
     query: ``image`` modified by ``text``. ``kind`` "cirr" reads ``text`` as a caption; "domain" as a domain noun
-    ("cartoon"). Returns [(path, cosine similarity)], best first."""
+    ("cartoon"). Returns [(path, cosine similarity)], best first.
+
+    Gallery files that cannot be read are all listed in one error, or, with ``skip_bad_images``, left out with a
+    warning that lists them."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (images to return), got {k}.")
+    image = read_image(image)  # [H, W, 3]: a bad query image fails before the gallery is encoded
     paths = list_images(gallery) if isinstance(gallery, (str, Path)) else [Path(p) for p in gallery]
     if not paths:
         raise ValueError(f"No images in {gallery}.")
@@ -69,5 +90,5 @@ def retrieve(retriever: CLIPRetriever, image: ImageSource, text: str, gallery: s
     missing = missing_files(bench, names)
     if missing:
         raise FileNotFoundError(f"{len(missing)} gallery images are missing: {missing[:10]}")
-    return GallerySearch(retriever, bench, cache_dir=cache_dir, progress=progress).search(
-        image, text, kind=kind, k=k, exclude_reference=False)
+    return GallerySearch(retriever, bench, cache_dir=cache_dir, progress=progress,
+                         skip_bad_images=skip_bad_images).search(image, text, kind=kind, k=k, exclude_reference=False)

@@ -47,12 +47,13 @@ from tqdm.auto import tqdm
 
 from idclab import backbones, runs
 from idclab.cir import CIRQuery, CLIPRetriever, check_prompts
+from idclab.cir.retrievers import placeholder_position
 from idclab.configs import from_dict, get_profile, pick_device, to_dict
 from idclab.data.image_folder import CSVImages, ImageFolder
 from idclab.data.shapes import ShapesCaptions
 from idclab.losses import symmetric_info_nce
 from idclab.metrics.retrieval import recall_at_k, topk_search
-from idclab.train import TrainConfig, Trainer, TrainResult
+from idclab.train import TrainConfig, Trainer, TrainResult, train_device
 
 __all__ = [
     "PROMPTS", "DATASETS", "STAGES", "Pic2WordConfig", "config_for", "MappingNetwork", "Pic2Word", "pic2word_loss",
@@ -237,10 +238,12 @@ class Pic2Word(nn.Module):
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_image(pixels)  # [B, D], unnormalised
 
-    def encode_with_pseudo_word(self, image_feats: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Text features [B, D] (unnormalised) of ``tokens`` [B, L] with each row's ``*`` replaced by f_M(v_b)."""
+    def encode_with_pseudo_word(self, image_feats: torch.Tensor, tokens: torch.Tensor, *,
+                                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Text features [B, D] (unnormalised) of ``tokens`` [B, L] with each row's ``*`` replaced by f_M(v_b) (only the
+        one at ``positions[b]`` when given)."""
         pseudo = self.mapping(image_feats)  # [B, width]
-        return backbones.encode_text_with_pseudo_tokens(self.clip, tokens, pseudo)  # cast to the table's dtype there
+        return backbones.encode_text_with_pseudo_tokens(self.clip, tokens, pseudo, positions=positions)  # [B, D]
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         return pic2word_loss(self, batch)
@@ -435,8 +438,13 @@ class Pic2WordRetriever(CLIPRetriever):
 
     @torch.no_grad()
     def encode_query(self, image_feats: torch.Tensor, queries: Sequence[CIRQuery]) -> torch.Tensor:
-        tokens = backbones.tokenize(self.texts(queries), context_length=self.context_length).to(self.device)  # [B, L]
-        return F.normalize(self.model.encode_with_pseudo_word(image_feats, tokens).float(), dim=-1)  # [B, D]
+        parts = [self.prompt(q) for q in queries]  # (template, field values cut to fit the context)
+        texts = [template.format(**fields) for template, fields in parts]
+        tokens = backbones.tokenize(texts, context_length=self.context_length).to(self.device)  # [B, L]
+        # Only the template's own "*" becomes the pseudo-word: a "*" in the user's text stays an asterisk.
+        positions = torch.tensor([placeholder_position(t, f, backbones.PLACEHOLDER) for t, f in parts])  # [B]
+        return F.normalize(self.model.encode_with_pseudo_word(image_feats, tokens, positions=positions).float(),
+                           dim=-1)  # [B, D]
 
     def describe(self) -> dict:
         return dict(super().describe(), prompts=dict(self.prompts),
