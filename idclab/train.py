@@ -418,7 +418,7 @@ class Trainer:
         value = float(metrics[cfg.select_metric])
         better = self.best_value is None or (value > self.best_value if cfg.select_mode == "max" else value < self.best_value)
         self.stale = 0 if better else self.stale + 1
-        self.result.stopped_early = False  # REVERT-CHECK
+        self.result.stopped_early = cfg.patience is not None and self.stale >= cfg.patience
         if better:
             self.best_value = value
             self.result.best = entry

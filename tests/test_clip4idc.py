@@ -200,7 +200,7 @@ def test_captioner_embeddings_are_tied_to_clip():
 def test_caption_tensors_shift_and_pad():
     inputs, targets = c.caption_tensors(["a red cube !;", "a"], max_tokens=32)
     words, a = bb.get_tokenizer().encode("a red cube !;"), bb.token_id("a")
-    assert 0 in words  # BPE id 0 ("!" inside a word) is the reference's pad id; here it stays a target (pitfall 14)
+    assert 0 in words  # BPE id 0 ("!" inside a word) is the reference's pad id; here it stays a target (IDC-14)
     n = len(words)
     assert inputs.tolist() == [[c.SOT, *words], [c.SOT, a] + [0] * (n - 1)]
     assert targets.tolist() == [[*words, c.EOT], [a, c.EOT] + [-100] * (n - 1)]
@@ -230,11 +230,13 @@ def test_loss_ignores_padding_and_averages_real_tokens(pairs):
         logits = model.captioner(model.encoder(batch["before"], batch["after"]), batch["caption_input"])
         logp = logits.log_softmax(-1)
         t = batch["caption_target"]
-        manual = -logp.gather(2, t.clamp(min=0)[..., None])[..., 0][~pad].mean()
-    torch.testing.assert_close(loss, manual)
+        per_token = -logp.gather(2, t.clamp(min=0)[..., None])[..., 0]  # [B, L]
+    torch.testing.assert_close(loss, per_token[~pad].mean())
     fewer = dict(batch, caption_target=batch["caption_target"].clone())
-    fewer["caption_target"][0, 0] = -100
-    assert not torch.allclose(c.captioning_loss(model, fewer)[0], loss)
+    fewer["caption_target"][0, 0] = -100  # one more ignored token: the mean is over the others
+    kept = ~pad
+    kept[0, 0] = False
+    torch.testing.assert_close(c.captioning_loss(model, fewer)[0], per_token[kept].mean())
 
 
 def test_decoder_layer_i_cross_attends_encoder_layer_i():

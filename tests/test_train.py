@@ -1,5 +1,7 @@
 """idclab.train: learning happens, exact resume after an interrupt, best-on-val, config checks."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -231,3 +233,76 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert r0["history"][-1]["loss"] < 0.5 * r0["history"][0]["loss"]
     saved = load_checkpoint(tmp_path / "run" / "resume.pt")
     assert saved["world_size"] == 2 and saved["position"]["step"] == CFG.max_steps
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Early stopping and per-epoch datasets
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_early_stopping_after_patience_validations_without_gain(tmp_path):
+    scores = iter([0.3, 0.9, 0.5, 0.9, 0.1, 0.95, 0.99])  # a tie (0.9) is not a gain
+
+    def val_fn(model):
+        return {"score": next(scores)}
+
+    cfg = TrainConfig(max_steps=14, batch_size=8, lr=1e-2, eval_every=2, select_metric="score", patience=3,
+                      progress=False)
+    result = Trainer(make_model(), mse, Regression(), config=cfg, out_dir=tmp_path, val_fn=val_fn).fit()
+    # best at step 4; steps 6, 8, 10 bring no gain -> stop at step 10, before the 0.95 of step 12
+    assert [v["step"] for v in result.val_history] == [2, 4, 6, 8, 10]
+    assert result.stopped_early and result.best == {"step": 4, "score": 0.9}
+    assert load_checkpoint(result.last_checkpoint)["step"] == 10
+    assert load_checkpoint(tmp_path / "resume.pt")["stale"] == 3
+    # Resuming the stopped run trains no further.
+    again = Trainer(make_model(), mse, Regression(), config=cfg, out_dir=tmp_path, val_fn=val_fn).fit(resume=True)
+    assert again.stopped_early and len(again.val_history) == 5 and again.history[-1]["step"] == 10
+
+    # Without patience the same scores run to the end.
+    scores = iter([0.3, 0.9, 0.5, 0.9, 0.1, 0.95, 0.99, 0.0])
+    full = Trainer(make_model(), mse, Regression(), config=dataclasses.replace(cfg, patience=None),
+                   val_fn=val_fn).fit()
+    assert not full.stopped_early and full.val_history[-1]["step"] == 14 and full.best["score"] == 0.99
+
+
+def test_patience_needs_a_selection_metric_and_a_positive_count():
+    with pytest.raises(ValueError, match="patience needs a select_metric"):
+        TrainConfig(max_steps=4, batch_size=8, lr=1e-2, patience=2)
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        TrainConfig(max_steps=4, batch_size=8, lr=1e-2, select_metric="score", patience=0)
+
+
+class EpochDraws(Regression):
+    """Item i = (x_i, y_i + a draw from (epoch, i)): the data changes every epoch, as PairSamples' captions do."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.epochs_seen = []
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.epochs_seen.append(epoch)
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x, y + torch.randn(1, generator=torch.Generator().manual_seed(1000 * self.epoch + i))
+
+
+def test_trainer_sets_the_epoch_and_resume_restores_it(tmp_path):
+    data = EpochDraws()
+    full = Trainer(make_model(), mse, data, config=CFG, out_dir=tmp_path / "full").fit()
+    assert data.epochs_seen == [0, 1, 2]  # 14 steps of 6 per epoch
+
+    def stop_after_8(step, logs):  # step 8: mid-epoch 1
+        if step == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_model(), mse, EpochDraws(), config=CFG, out_dir=tmp_path / "cut", on_step=stop_after_8).fit()
+    fresh = EpochDraws()  # a new process: the dataset starts at epoch 0
+    resumed = Trainer(make_model(), mse, fresh, config=CFG, out_dir=tmp_path / "cut").fit(resume=True)
+    assert fresh.epochs_seen == [1, 2]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    a, b = (load_checkpoint(r.last_checkpoint)["model"] for r in (full, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
