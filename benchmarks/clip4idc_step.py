@@ -47,7 +47,7 @@ from idclab.models.clip4idc import CLIP4IDC, PairSamples, config_for, param_grou
 
 MB = 2**20
 DEFAULT_INTRA = {"shapes-clip": config_for("shapes", "toy").encoder.intra_layers,  # the toy preset
-               "ViT-B-32-quickgelu": 9}  # §2.2: 9 of ViT-B/32's 12 blocks
+               "ViT-B-32-quickgelu": 9}  # the reference: 9 of ViT-B/32's 12 blocks
 
 
 class EncodeBoth(nn.Module):
@@ -56,7 +56,7 @@ class EncodeBoth(nn.Module):
     def __init__(self, clip: nn.Module, frozen: tuple[str, ...]):
         super().__init__()
         self.clip = clip
-        for name, p in clip.named_parameters():  # freeze what CLIP4IDC freezes (EncoderConfig.frozen, §4.4)
+        for name, p in clip.named_parameters():  # freeze what CLIP4IDC freezes (EncoderConfig.frozen)
             if any(name == part or name.startswith(part + ".") for part in frozen):
                 p.requires_grad_(False)
 

@@ -52,7 +52,7 @@ def test_score_captions_equals_pycocoevalcap(tmp_path):
     assert set(ours) == set(expected)
     for key, value in expected.items():
         assert ours[key] == pytest.approx(value, abs=1e-9), key
-    assert ours["CIDEr"] == pytest.approx(2.545429305075, abs=1e-9)  # the golden value in the reference notes
+    assert ours["CIDEr"] == pytest.approx(2.545429305075, abs=1e-9)  # golden value, computed once with pycocoevalcap
 
 
 def test_score_captions_bad_input_names_the_fix(tmp_path):

@@ -61,7 +61,7 @@ def test_common_options_apply_to_both_stages():
 
 def test_combiner_network_matches_the_reference():
     net = c.Combiner(640, 2560, 5120)
-    assert sum(p.numel() for p in net.parameters()) == 59_003_521  # §3, RN50x4
+    assert sum(p.numel() for p in net.parameters()) == 59_003_521  # the reference Combiner at RN50x4 sizes
     drops = [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)]
     assert drops == [0.5] * 4 and net.scale == 100.0  # dropout after both projections and inside both MLPs
     torch.manual_seed(0)
@@ -111,9 +111,9 @@ def test_stage_one_trains_only_the_chosen_encoder():
     model = c.FineTuner(clip, "text")
     trainable = {n for n, p in clip.named_parameters() if p.requires_grad}
     assert trainable and not any(n.startswith("visual.") for n in trainable) and "logit_scale" not in trainable
-    assert "token_embedding.weight" in trainable  # §4: "text" = everything outside visual.*
+    assert "token_embedding.weight" in trainable  # reference --encoder text = everything outside visual.*
     model.train()
-    assert not clip.training  # CLIP stays in eval mode (§2.1)
+    assert not clip.training  # CLIP stays in eval mode (book/pitfalls.md, CMB-9)
     both = c.FineTuner(c.load_backbone(c.config_for("shapes", "smoke")), "both")
     assert all(p.requires_grad for n, p in both.clip.named_parameters() if n != "logit_scale")
     image = c.FineTuner(c.load_backbone(c.config_for("shapes", "smoke")), "image")

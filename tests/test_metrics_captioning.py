@@ -25,7 +25,7 @@ from idclab.metrics import captioning as cap
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap needs Java on PATH")
 
-# Made-up captions (metrics_and_data.md §1.3).
+# Made-up captions; the golden values were computed once with pycocoevalcap.
 GTS = {
     0: [
         "The small red cube has moved to the left.",

@@ -51,7 +51,7 @@ def test_config_for_datasets_profiles_and_options():
 
 def test_mapping_network_matches_the_paper(tmp_path):
     net = p.MappingNetwork(768, 768, middle_dim=512, n_layers=2, dropout=0.1)
-    assert sum(x.numel() for x in net.parameters()) == 1_050_368  # §1.2
+    assert sum(x.numel() for x in net.parameters()) == 1_050_368  # the reference mapping network at ViT-L/14 sizes
     block = net.layers[0]
     assert [type(m).__name__ for m in block] == ["Linear", "Dropout", "ReLU"]  # dropout before the activation
     assert block[1].p == 0.1 and net.fc_out.out_features == 768
@@ -91,18 +91,18 @@ def test_loss_matches_the_formula_and_only_the_mapping_learns():
     loss, _ = p.pic2word_loss(model, {"features": v})
     tokens = backbones.tokenize(["a photo of *"] * 4, context_length=32)
     pt = backbones.encode_text_with_pseudo_tokens(model.clip, tokens, model.mapping(v))
-    logits = 100.0 * F.normalize(v, dim=-1) @ F.normalize(pt, dim=-1).T  # fixed scale 100 (§1.4)
+    logits = 100.0 * F.normalize(v, dim=-1) @ F.normalize(pt, dim=-1).T  # fixed scale 100, as in the reference
     expected = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.T, torch.arange(4))) / 2
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
     loss.backward()
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in model.mapping.parameters())
     assert all(x.grad is None and not x.requires_grad for x in model.clip.parameters())
     model.train()
-    assert model.mapping.training and not model.clip.training  # CLIP stays in eval mode (§1.1)
+    assert model.mapping.training and not model.clip.training  # CLIP stays in eval mode, as in the reference
 
 
 def test_queries_replace_the_placeholder_in_every_row():
-    # Rows of one batch put "*" at different positions (the reference looks in row 0 only, its bug 3).
+    # Rows of one batch put "*" at different positions (the reference looks in row 0 only, P2W-3).
     model = p.Pic2Word(p.config_for(profile="smoke")).eval()
     r = p.Pic2WordRetriever(model, device="cpu")
     queries = [cir.CIRQuery("0", "a", "domain", {"domain": "cartoon"}),
