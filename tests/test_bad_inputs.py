@@ -21,7 +21,7 @@ from PIL import Image, ImageFile
 
 from idclab import backbones, cir, cli
 from idclab.cir import ALL, CIRBenchmark, CIRQuery
-from idclab.data.image_folder import ImageFolder
+from idclab.data.image_folder import ImageFolder, check_readable
 from idclab.images import ImageError, read_image
 from idclab.models import pic2word as p
 
@@ -203,6 +203,12 @@ def test_image_folder_names_a_bad_file(bad_gallery):
     i = data.names.index("sub/empty.jpg")
     with pytest.raises(ImageError, match="empty.jpg is empty"):
         data[i]
+
+
+def test_check_readable_finds_every_bad_file_even_where_pil_would_pad(files, monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    paths = [files[k] for k in ("good", "good2", *sorted(BAD))]
+    assert check_readable(paths) == [files[k] for k in sorted(BAD)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -65,20 +65,18 @@ def list_images(root) -> list[Path]:
 
 
 def check_readable(paths) -> list[Path]:
-    """The paths among ``paths`` that PIL cannot open and decode (missing, truncated, not an image), in order.
+    """The paths among ``paths`` that :func:`read_image` cannot read (missing, empty, truncated, not an image, a
+    decompression bomb, a folder), in order.
 
-    Every file is fully decoded (``Image.load``), so a truncated JPEG is caught too. Slow on big folders: it is
-    meant for ``verify``, not for every training run.
+    Every file is fully decoded, so a truncated JPEG is caught too (even where PIL's ``LOAD_TRUNCATED_IMAGES`` is
+    set). Slow on big folders: it is meant for ``verify``, not for every training run.
     """
-    from PIL import Image
-
     bad = []
     for path in paths:
         path = Path(path)
         try:
-            with Image.open(path) as im:
-                im.load()
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # reported, never swallowed
+            read_image(path)
+        except (OSError, ValueError):  # ImageError (an OSError) or a missing file: reported, never swallowed
             bad.append(path)
     return bad
 
