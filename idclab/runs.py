@@ -44,7 +44,7 @@ from idclab.configs import to_dict
 __all__ = [
     "FORMAT", "RUN_FILE", "COMMON_OPTIONS", "UnsafeCheckpointError", "apply_options", "make_header", "save",
     "read", "read_header", "resolve_checkpoint", "read_run", "record_stage", "relative", "resolve_relative",
-    "run_lock", "prepare_run", "check_stages", "stage_entry", "summary",
+    "run_lock", "prepare_run", "check_stages", "stage_entry", "summary", "process_rank",
 ]
 
 FORMAT = 2  # checkpoint layout version (1: the pickled layout before this module)
@@ -185,8 +185,17 @@ def read_run(run_dir: str | Path) -> dict | None:
         raise ValueError(f"{f} is not valid JSON ({err}); the run record is damaged.") from None
 
 
+def process_rank() -> int:
+    """This process's rank under ``torchrun`` (its ``RANK`` variable), else 0. Only rank 0 writes the run folder
+    (run.json, the lock, checkpoints); the other processes train alongside it and read what it wrote."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def record_stage(run_dir: str | Path, *, method: str, config: Any, stage: str, entry: dict) -> None:
-    """Record a stage's outcome in ``run.json`` (paths relative to the run folder), written atomically."""
+    """Record a stage's outcome in ``run.json`` (paths relative to the run folder), written atomically by rank 0
+    only under ``torchrun``."""
+    if process_rank() != 0:
+        return
     run_dir = Path(run_dir)
     run = read_run(run_dir) or dict(idclab=__version__, method=method, stages={})
     if run.get("method") != method:
@@ -254,7 +263,11 @@ def _selected(run_dir: Path, stage: str | None, hint: str) -> Path:
 
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[None]:
-    """Only one process writes a run folder: a lock file holding the writer's pid (a stale one is taken over)."""
+    """Only one process writes a run folder: a lock file holding the writer's pid (a stale one is taken over).
+    Under ``torchrun`` rank 0 holds it for the whole job; the other ranks of the same job do not take it."""
+    if process_rank() != 0:
+        yield
+        return
     lock = Path(run_dir) / LOCK_FILE
     lock.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
@@ -310,8 +323,9 @@ def prepare_run(run_dir: str | Path, stages: tuple[str, ...], *, resume: bool, o
     if (existing or recorded) and not overwrite:
         raise FileExistsError(f"{run_dir} already holds a run of {recorded or [existing[0].parent.name]}; pass "
                               "--resume to continue it, --overwrite to replace it, or choose another --out.")
-    for p in existing:
-        p.unlink()
+    if process_rank() == 0:  # under torchrun the other ranks check the same folder but leave the deleting to rank 0
+        for p in existing:
+            p.unlink(missing_ok=True)
 
 
 def check_stages(stages, all_stages: tuple[str, ...]) -> tuple[str, ...]:

@@ -60,7 +60,7 @@ class ClipPretrainConfig:
     ckpt_every: int | None = 500  # steps between resume files
     max_logit_scale: float = 100.0  # CLIP clamps the learnable inverse temperature at 100
     precision: str = "auto"
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: min(8, CPUs) on CUDA, 0 on the CPU
 
     def to_dict(self) -> dict:
         return to_dict(self)

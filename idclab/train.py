@@ -40,6 +40,7 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -307,7 +308,7 @@ class Trainer:
                 self._save_resume(self._rng_at_step, barrier=False)
                 why = "Terminated (SIGTERM)" if isinstance(err, Terminated) else "Interrupted"
                 bar.write(f"{why} at step {self.step}; saved {self.out_dir / 'resume.pt'}. Continue with "
-                          "--resume (Python: resume=True).")
+                          "--resume (Python: resume=True).", file=sys.stderr)  # stdout carries the CLI's JSON
             raise
         finally:
             bar.close()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -53,12 +54,13 @@ from idclab.data.cirr import CIRRTriplets
 from idclab.data.fashioniq import FashionIQTriplets
 from idclab.data.shapes import ShapesTriplets, render
 from idclab.losses import batch_classification_loss
-from idclab.train import TrainConfig, Trainer, TrainResult
+from idclab.train import TrainConfig, Trainer, TrainResult, train_device
 
 __all__ = [
     "DATASETS", "ENCODERS", "STAGES", "PROMPTS", "CombinerStage", "CombinerConfig", "config_for", "Combiner",
     "FineTuner", "CombinerModel", "sum_query", "caption_variants", "TripletSource", "load_triplets", "train", "load",
-    "SumRetriever", "CombinerRetriever", "load_retriever", "similarity_gap", "lambdas",
+    "SumRetriever", "CombinerRetriever", "load_retriever", "similarity_gap", "lambdas", "read_released",
+    "released_kind", "combiner_from_released", "clip_from_released", "load_released",
 ]
 
 DATASETS = ("shapes", "fashioniq", "cirr")
@@ -112,7 +114,7 @@ class CombinerConfig:
     combiner: CombinerStage = field(default_factory=lambda: _STAGE2)  # stage 2
     precision: str = "auto"  # [code]: AMP (autocast; fp32 master weights)
     ckpt_minutes: float | None = 10.0  # resume file every 10 minutes of training (a Colab disconnect loses less)
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: min(8, CPUs) on CUDA, 0 on the CPU
     shapes_triplets: tuple[int, int] = (0, 0)  # dataset "shapes": generated (train, val) triplets
     seed: int = 0
 
@@ -479,7 +481,7 @@ def train(cfg: CombinerConfig, out_dir: str | Path, *, stages=None, root: str | 
     runs.prepare_run(out, stages, resume=resume, overwrite=overwrite)
     if cfg.dataset != "shapes":
         load_triplets(cfg, "train", root=root)  # check the data before building a model or downloading weights
-    device = pick_device(device)
+    device = train_device(device)  # under torchrun: this process's GPU (LOCAL_RANK), also for the features
     results: dict[str, TrainResult] = {}
     clip_ckpt = None if init is None else runs.resolve_checkpoint(init, "finetune", method=METHOD)
     if clip_ckpt is None and "finetune" not in stages and "finetune" in ((runs.read_run(out) or {}).get("stages") or {}):
@@ -680,6 +682,135 @@ def _has_stage(path: str | Path, stage: str) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     return True
+
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The authors' released checkpoints (CLIP4Cir's Google Drive: the journal version's fine-tuned RN50x4 and Combiners)
+# ----------------------------------------------------------------------------------------------------------------------
+
+# The reference's training scripts save ``{"epoch": int, <class name>: state_dict}``: "CLIP" for the fine-tuned CLIP
+# (OpenAI's parameter names, which open_clip's CLIP keeps), "Combiner" for the Combiner, whose layers are named
+# differently from idclab's (same computation, [code]):
+RELEASED_COMBINER_NAMES = {
+    "text_projection_layer.": "text_proj.0.",  # Linear d -> p (then ReLU, Dropout)
+    "image_projection_layer.": "image_proj.0.",  # Linear d -> p
+    "combiner_layer.": "mixture.0.",  # Linear 2p -> h
+    "output_layer.": "mixture.3.",  # Linear h -> d
+    "dynamic_scalar.0.": "scalar.0.",  # Linear 2p -> h
+    "dynamic_scalar.3.": "scalar.3.",  # Linear h -> 1 (then Sigmoid)
+}
+# Entries of OpenAI's CLIP state dicts that are settings, not weights (dropped before loading into open_clip's CLIP).
+_OPENAI_SETTINGS = ("input_resolution", "context_length", "vocab_size")
+
+
+def read_released(path: str | Path, key: str, *, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict stored under ``key`` ("CLIP" or "Combiner") in a file saved by the reference's training
+    scripts, with any DDP ``module.`` prefix removed.
+
+    The file is read with ``weights_only=True``. One that holds other pickled Python objects is refused unless
+    ``trust=True`` (``--trust-checkpoint``): unpickling can run code, so trust only a file from a source you trust,
+    such as the authors' release.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No released checkpoint at {path}; download the authors' files first.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust:
+            raise runs.UnsafeCheckpointError(
+                f"{path} holds pickled Python objects besides tensors; loading it could run code, so idclab refuses "
+                f"it ({str(err).splitlines()[0][:160]}). If it is the authors' released file and you trust its "
+                "source, pass trust=True (--trust-checkpoint).") from None
+        state = torch.load(path, map_location="cpu", weights_only=False)  # explicitly trusted by the caller
+    if not isinstance(state, dict) or not isinstance(state.get(key), dict):
+        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} has no {key!r} state dict (it holds {found}): not a CLIP4Cir {key} checkpoint "
+                         "(the reference saves {'epoch': ..., 'CLIP': ...} and {'epoch': ..., 'Combiner': ...}).")
+    return {k.removeprefix("module."): v for k, v in state[key].items()}
+
+
+def released_kind(path: str | Path, *, trust: bool = False) -> str | None:
+    """"Combiner" or "CLIP" for a file saved by the reference's training scripts; None for anything else (e.g. an
+    idclab checkpoint, which has a header)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust:
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or "header" in state:
+        return None
+    return next((k for k in ("Combiner", "CLIP") if isinstance(state.get(k), dict)), None)
+
+
+def combiner_from_released(state: dict[str, torch.Tensor]) -> Combiner:
+    """An idclab :class:`Combiner` holding a reference ``Combiner`` state dict; its sizes (d, p, h) are read from the
+    weights (the release: 640, 2560, 5120)."""
+    renamed, unknown = {}, []
+    for k, v in state.items():
+        prefix = next((p for p in RELEASED_COMBINER_NAMES if k.startswith(p)), None)
+        if prefix is None:
+            unknown.append(k)
+        else:
+            renamed[RELEASED_COMBINER_NAMES[prefix] + k[len(prefix):]] = v.float()
+    if unknown or "text_proj.0.weight" not in renamed or "mixture.0.weight" not in renamed:
+        raise ValueError(f"Not a CLIP4Cir Combiner state dict: unexpected or missing keys {unknown[:5]} (expected "
+                         f"{sorted(RELEASED_COMBINER_NAMES)}).")
+    proj_dim, dim = renamed["text_proj.0.weight"].shape  # [p, d]
+    hidden_dim = renamed["mixture.0.weight"].shape[0]  # [h, 2p]
+    model = Combiner(dim, proj_dim, hidden_dim)
+    model.load_state_dict(renamed)
+    return model.eval()
+
+
+def clip_from_released(state: dict[str, torch.Tensor], backbone: str | nn.Module = "RN50x4-quickgelu") -> nn.Module:
+    """``backbone``'s architecture (an open_clip name, built without downloading weights, or a CLIP module) holding a
+    reference ``CLIP`` state dict (OpenAI's names; fp16 weights become fp32)."""
+    clip = backbones.load_clip(backbone) if isinstance(backbone, str) else backbone
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k not in _OPENAI_SETTINGS}
+    own = clip.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in own if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"The released CLIP does not fit {getattr(clip, 'idclab_name', type(clip).__name__)}: "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {shapes[:3]}. CLIP4Cir's "
+                         "release is RN50x4: pass backbone='RN50x4-quickgelu' (--backbone RN50x4-quickgelu).")
+    clip.load_state_dict(weights)
+    return clip.eval().requires_grad_(False)
+
+
+def load_released(combiner_file: str | Path, *, clip_file: str | Path | None = None,
+                  backbone: str | nn.Module = "RN50x4-quickgelu", pretrained: str | None = "openai",
+                  preprocess: str = "target_pad", trust: bool = False,
+                  device: str | torch.device | None = None) -> CombinerRetriever:
+    """A retriever from the authors' released files: the Combiner of ``combiner_file`` on the fine-tuned CLIP of
+    ``clip_file`` (the journal version's pair for FashionIQ or CIRR), or, without ``clip_file``, on ``backbone``
+    with ``pretrained`` weights (a Combiner trained on a frozen CLIP, the v1 recipe). Preprocessing: TargetPad
+    1.25, as the release was trained. ``trust``: see :func:`read_released`.
+
+    Evaluate it with ``idclab eval cir --method combiner --checkpoint COMBINER.pt --clip-checkpoint CLIP.pt
+    --benchmark cirr --root ...`` (the same numbers as ``cir.evaluate(retriever, bench)``).
+    """
+    device = pick_device(device)
+    combiner = combiner_from_released(read_released(combiner_file, "Combiner", trust=trust))
+    if clip_file is not None:
+        clip = clip_from_released(read_released(clip_file, "CLIP", trust=trust), backbone)
+    elif isinstance(backbone, str):
+        clip = backbones.load_clip(backbone, pretrained).eval().requires_grad_(False)
+    else:
+        clip = backbone.eval().requires_grad_(False)
+    dim = backbones.clip_dims(clip).embed_dim
+    if combiner.mixture[3].out_features != dim:
+        raise ValueError(f"{combiner_file} combines {combiner.mixture[3].out_features}-d features, but the CLIP gives "
+                         f"{dim}-d ones; pass the backbone it was trained on (CLIP4Cir's release: RN50x4-quickgelu).")
+    combiner.checkpoint_info = dict(path=str(combiner_file), clip=None if clip_file is None else str(clip_file),
+                                    released=True)
+    return CombinerRetriever(clip.to(device), combiner, preprocess=preprocess, device=device)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

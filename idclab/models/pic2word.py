@@ -106,7 +106,7 @@ class Pic2WordConfig:
     eval_every: int | None = None  # steps between validations (None: at the end only)
     ckpt_every: int | None = None  # steps between resume files (None: at the end, on interrupt, every ckpt_minutes)
     ckpt_minutes: float | None = 10.0  # resume file every 10 minutes of training (a Colab disconnect loses less)
-    num_workers: int = 0  # DataLoader workers decoding images (paper: set it on a GPU machine)
+    num_workers: int | None = None  # DataLoader workers; None: min(8, CPUs) on CUDA, 0 on the CPU
     seed: int = 0  # the reference is unseeded (P2W-7)
 
     def __post_init__(self):
@@ -385,7 +385,7 @@ def train(cfg: Pic2WordConfig, out_dir: str | Path, *, stages=None, root: str | 
         raise ValueError("Pic2Word trains its mapping network from scratch on a frozen CLIP: drop --init.")
     out = Path(out_dir)
     runs.prepare_run(out, STAGES, resume=resume, overwrite=overwrite)
-    device = pick_device(device)
+    device = train_device(device)  # under torchrun: this process's GPU (LOCAL_RANK), also for the features
     if cfg.dataset != "shapes":
         training_images(cfg, root=root)  # check the data before building a model or downloading weights
     with runs.run_lock(out):
