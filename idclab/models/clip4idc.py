@@ -5,6 +5,39 @@ Reference code: ``sushizixin/CLIP4IDC`` (commit ca49461). Comments tag where eac
 reference README and its scripts, [code] the reference code, [derived] computed from published counts; "IDC-N" is
 trap N of the reference code, explained for readers in the book's appendix ``book/pitfalls.md``.
 
+Differences from the reference code (the paper presets reproduce everything else; the book's appendix "Reproduction
+notes" has the same list):
+
+* Precision: fp32 master weights with bf16 / fp16 autocast, where the reference keeps CLIP's matrices in fp16 and
+  updates them in place. With fp32 master weights the reference's nominal CLIP learning rate, 1e-7, would leave CLIP
+  frozen, while in fp16 it acts far larger; so the CLIP rate is a tuned field, ``clip_lr`` (IDC-1).
+* Checkpoints are chosen on the val split, never on test; validation every epoch and early stopping as in the
+  reference, except that a tie does not count as a gain (IDC-2).
+* The temperature is a fixed config value (0.01) and ``logit_scale`` is frozen. The reference trains it at 1e-7
+  under a clamp at 100, which keeps it at 0.01 as well; its weight decay on the scale has no counterpart (IDC-12).
+* The second class token sits at T = tokens per image, computed from the backbone, not at a hard-coded 50 (IDC-7).
+* Caption padding is ignored with index -100, not 0, which is the BPE token "!" (IDC-14).
+* Decoding stops at EOT and beam search works (with beam > 1 the greedy caption stays a candidate); the reference
+  always runs 32 greedy steps (IDC-15). The decoder uses the causal mask alone: right padding follows EOT, so a
+  padding mask would change nothing that is scored.
+* The text tower is not run in stage 2 and is frozen there; the reference runs it on a dummy input whose output is
+  unused (IDC-16).
+* Gradient clipping on the global norm only. The reference also clips each parameter's gradient to norm 1 inside its
+  optimiser, but after the global clip to 1 that never changes anything: no parameter's norm exceeds the global one
+  (IDC-17).
+* The tied token table is frozen for every dataset; the reference trains it (at 1e-7) for Spot-the-Diff only
+  (IDC-19). The stage-2 demotion of the new pair parameters to the CLIP rate is kept, as an explicit ``pair_lr``
+  (IDC-13).
+* Every run is seeded, Spot-the-Diff too (IDC-4); random draws (distractor swap, which caption) are redrawn every
+  epoch from a generator seeded by (seed, epoch, sample index), so runs repeat and exact resume holds. IER is not in
+  the reference code: its presets are Spot-the-Diff's (IDC-5).
+* Images with an alpha channel (CLEVR-Change's PNGs are RGBA) are composited on white; the reference drops the
+  alpha channel. Both give the same pixels wherever an image is opaque.
+* The optimiser: the paper presets reproduce the reference's BertAdam (no bias correction, weight decay on all but
+  biases and the captioner's norms, warm-up then cosine / linear on whole-run progress: ``bias_correction``,
+  ``decay_all``, ``schedule`` of :class:`StageConfig`), with the 10 % warm-up rounded to whole steps. The toy and
+  smoke presets use AdamW's usual choices instead, with which their learning rates were chosen.
+
 The method in three steps:
 
 1. **Pair encoder** ([code]). One CLIP ViT looks at both images: its first ``k`` blocks run on each image alone
@@ -17,23 +50,6 @@ The method in three steps:
    3-layer decoder whose layer i cross-attends to encoder layer i; word/position embeddings and the output projection
    are tied to CLIP's text token table. CLEVR: loss = loss(before->after, change caption) + loss(before->distractor,
    no-change caption).
-
-Deviations from the reference, each fixing one of its traps (``book/pitfalls.md``):
-
-* fp32 master weights (the Trainer's AMP) instead of fp16 in-place updates, so the CLIP learning rate is a tuned
-  hyperparameter (``clip_lr``), not the nominal 1e-7 (IDC-1);
-* the temperature is a fixed config value; ``logit_scale`` stays frozen (IDC-12);
-* the second class token sits at T = tokens per image, computed from the backbone (IDC-7: hard-coded 50);
-* caption padding is ignored with index -100, not 0 (BPE id 0 is "!", IDC-14);
-* decoding stops at EOT; beam search works (IDC-15); the text tower is not run in stage 2 (IDC-16);
-* global gradient clipping only (IDC-17); the tied token table is frozen for every dataset (IDC-19);
-* the stage-2 learning rate of the new pair parameters is an explicit field, ``pair_lr`` (IDC-13).
-
-Other choices: random draws (distractor swap, which caption) are redrawn every epoch as in the reference, but from a
-generator seeded by (seed, epoch, sample index), so runs repeat and the Trainer's exact resume holds; validation (every
-epoch, as the reference) and early stopping use the val split, not test (IDC-2); a tie does not count as a gain
-for early stopping (the reference's does); with beam > 1 the greedy caption is kept as a candidate; the decoder uses the causal
-mask alone (right padding follows EOT, so a padding mask would change nothing that is scored).
 
 Reading order: small blocks -> configs and presets -> pair encoder -> captioner (with decoding) -> the model ->
 losses -> training data -> optimisation helpers -> retrieval evaluation -> checkpoint compatibility -> running it

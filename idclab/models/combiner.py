@@ -7,6 +7,21 @@ encoders). Reference code: ``ABaldrati/CLIP4Cir`` (commit dfed9f7). Comments tag
 the reference README, [code] the reference code; "CMB-N" is trap N of the reference code, explained for readers in
 the book's appendix ``book/pitfalls.md``.
 
+Differences from the reference code (the paper presets reproduce everything else; the book's appendix "Reproduction
+notes" has the same list):
+
+* Stage-2 features are fp32 in training and validation alike; the reference extracts training features with CLIP in
+  fp16 and validation features in fp32 (CMB-2).
+* Features that cannot change are computed once: stage 2's (CLIP frozen, in eval mode, deterministic transforms;
+  FashionIQ's caption variants are all cached) and, in stage 1 with ``encoder="text"``, the image features. The
+  reference re-extracts them every step; apart from the fp16 point above the numbers are the same.
+* Missing or unreadable images are errors naming them; the reference skips missing training images silently and
+  fails on missing validation images (CMB-7).
+* Batch sizes and epochs follow the README (stage 1: 128 for 100 epochs; stage 2: 4,096 for 300), where the code's
+  defaults differ (CMB-5).
+* CIRR checkpoint selection keeps one checkpoint, the best (R@5 + R_subset@1) / 2 on val; the reference keeps the
+  best by each of the arithmetic, harmonic and geometric means of its seven CIRR recalls.
+
 The method in two stages:
 
 1. **Task-oriented fine-tuning** (stage 1, [code]). The query is the element-wise sum of the reference image's and the
@@ -21,11 +36,6 @@ The method in two stages:
    another with a sigmoid. Same loss. With CLIP frozen and no augmentation the features are fixed, so stage 2 trains
    on **precomputed** features (for FashionIQ, every caption variant is cached); the reference re-extracts them
    every step.
-
-Deviations from the reference: stage-2 features are fp32 in training and validation alike (the reference trains on
-fp16 features and validates on fp32 ones, CMB-2); in stage 1 with the image encoder frozen (``encoder="text"``) the
-image features are precomputed once too (exact: CLIP is in eval mode, transforms are deterministic); the gallery
-and queries are checked and never silently dropped (CMB-7).
 
 Reading order: configs and presets -> the Combiner network -> the stage-1 model and the shared loss -> training
 data (caption variants, feature caches) -> the two stages -> the retrievers -> loading checkpoints -> analysis

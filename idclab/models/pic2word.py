@@ -6,6 +6,27 @@ Retrieval", CVPR 2023 (arXiv 2302.03084). Reference code: ``google-research/comp
 reference code; "P2W-N" is bug N of the reference code, explained for readers in the book's appendix
 ``book/pitfalls.md``.
 
+Differences from the reference code (the paper presets reproduce everything else; the book's appendix "Reproduction
+notes" has the same list):
+
+* CLIP's weights are frozen (``requires_grad=False``); the reference leaves them trainable but gives only the mapping
+  network to the optimiser, so the trained weights are the same and idclab skips the unused weight gradients (P2W-11).
+* The placeholder ``*`` is found in every row of a batch; the reference looks in row 0 only, which gives the same
+  queries as long as every prompt starts alike, as its own do (P2W-3).
+* Every run is seeded; the reference sets no seed (P2W-7).
+* Errors propagate: evaluation failures are not swallowed (P2W-1), and missing or unreadable FashionIQ images are an
+  error naming them, where the reference drops those queries and averages over fewer (P2W-5).
+* The text-only baseline encodes the modification text alone, not the composed prompt with a literal ``*`` in it
+  (P2W-12).
+* Option ``precompute`` (off by default): encode every training image once and train on the stored features, about
+  3x less compute per step on a GPU, without the reference's RandomResizedCrop(0.9-1.0) augmentation.
+* COCO object composition (:mod:`idclab.data.coco_composition`): the query object is drawn with a seed (the
+  reference's draw is unseeded); the lower area bound is a fraction of the image (``pixel_lower_bound=True`` keeps
+  the reference's comparison in pixels); crowd objects are never chosen (their masks need pycocotools); polygons are
+  rasterised with PIL and saved as PNG, where the reference uses pycocotools and JPEG, so boundary pixels can differ
+  (P2W-6). The other classes keep the reference's order (first annotation) by default.
+* Ranking in blocks with a running top-k instead of sorting the full score matrix: the same top K (P2W-17).
+
 The method in three steps:
 
 1. **Mapping network** f_M ([code]): the CLIP image embedding v (after ``visual.proj``, *not* normalised) goes through
@@ -17,12 +38,6 @@ The method in three steps:
 3. **Zero-shot retrieval** ([code]): the reference image becomes s and is composed with the modification in a prompt,
    e.g. "a cartoon of *" (domain conversion) or "a photo of * , {caption}" (CIRR); the text embedding of the prompt is
    the query, the gallery is CLIP image embeddings. Prompts are config fields, recorded with every result.
-
-Deviations from the reference, each fixing one of its bugs: the placeholder is found in every row of a batch,
-not row 0 only (P2W-3); CLIP's weights are frozen rather than left trainable (P2W-11); training is seeded (P2W-7);
-evaluation errors propagate (P2W-1). Option ``precompute``: encode every training image once and train on the stored
-features -- about 3x less compute per step on a GPU, but without the RandomResizedCrop(0.9-1.0) augmentation
-of the reference (each image always gives the same v).
 
 Reading order: config and presets -> mapping network -> the frozen-CLIP model and its loss -> training data ->
 training -> the retriever -> loading checkpoints (ours and the reference's).
