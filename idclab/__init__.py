@@ -5,4 +5,4 @@ The library behind the idclab book. See DESIGN.md in the project's shared notes 
 datasets), ``models`` (one file per paper), ``metrics``, ``train`` and the ``idclab`` command (``cli``).
 """
 
-__version__ = "0.1.0"
+from idclab.project import VERSION as __version__  # the one place for the version: idclab/project.py

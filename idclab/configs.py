@@ -27,13 +27,21 @@ DEFAULT_PROFILE = "toy"
 T = TypeVar("T")
 
 
-def get_profile(profile: str | None = None) -> str:
-    """The active profile: ``profile`` if given, else ``$IDCLAB_PROFILE``, else ``toy``."""
-    value = profile if profile is not None else os.environ.get("IDCLAB_PROFILE", DEFAULT_PROFILE)
-    value = value.strip().lower()
-    if value not in PROFILES:
-        raise ValueError(f"Unknown profile {value!r}; choose one of {PROFILES} (e.g. export IDCLAB_PROFILE=toy).")
-    return value
+def get_profile(profile: str | None = None, *, form: str | None = None) -> str:
+    """The active profile: ``profile`` if given, else ``$IDCLAB_PROFILE``, else ``form``, else ``toy``.
+
+    ``form`` is the value of a chapter's Colab form field (``IDCLAB_PROFILE = "toy"  # @param [...]`` in its first
+    cell): the reader's choice, which the environment variable overrides so that CI runs every chapter in ``smoke``.
+    """
+    for what, value in (("profile", profile), ("the form's IDCLAB_PROFILE", form)):
+        if value is not None and value.strip().lower() not in PROFILES:
+            raise ValueError(f"Unknown {what} {value!r}; choose one of {PROFILES}.")
+    env = os.environ.get("IDCLAB_PROFILE", "").strip().lower()
+    if profile is None and env and env not in PROFILES:
+        raise ValueError(f"Unknown profile {env!r} in $IDCLAB_PROFILE; choose one of {PROFILES} "
+                         f"(e.g. export IDCLAB_PROFILE=toy), or unset it.")
+    value = profile if profile is not None else env or form or DEFAULT_PROFILE
+    return value.strip().lower()
 
 
 def pick_device(device: str | None = None) -> torch.device:
