@@ -311,27 +311,117 @@ def test_generate_stops_at_eot():
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_distractor_swap_is_deterministic_per_index_and_about_half():
-    data = ShapesPairs("train", 100, size=32)
-    samples = c.PairSamples(data, repeats=3, distractor_swap_p=0.5, seed=7)
-    assert len(samples) == 300
-    flags = [samples[i]["swapped"] for i in range(300)]
-    assert 0.4 < np.mean(flags) < 0.6
-    assert flags[:20] == [c.PairSamples(data, repeats=3, distractor_swap_p=0.5, seed=7)[i]["swapped"]
-                          for i in range(20)]
-    i = flags.index(True)
-    item, s = data[i % 100], samples[i]
-    assert np.array_equal(s["before"], item["distractor"]) and s["caption"] in item["captions"]
-    j = flags.index(False)
-    assert np.array_equal(samples[j]["before"], data[j % 100]["before"])
+class TinyPairs(torch.utils.data.Dataset):
+    """Fixed pairs with 6, 1, 3 and 2 captions; images are constants that tell before (p) from distractor (100 + p)."""
+
+    COUNTS = (6, 1, 3, 2)
+
+    def __len__(self):
+        return len(self.COUNTS)
+
+    def __getitem__(self, p):
+        return dict(before=np.full((2, 2, 3), p, np.uint8), after=np.full((2, 2, 3), 50 + p, np.uint8),
+                    distractor=np.full((2, 2, 3), 100 + p, np.uint8), id=f"pair{p}",
+                    captions=[f"change {p}.{k}" for k in range(self.COUNTS[p])],
+                    no_change_captions=[f"same {p}.{k}" for k in range(3)])
 
 
-def test_repeats_cycle_through_every_caption(pairs):
-    samples = c.PairSamples(pairs, repeats=5, no_change=True)
-    for p in (0, 3):
-        seen = [samples[p + r * len(pairs)] for r in range(5)]
-        assert sorted(s["caption"] for s in seen) == sorted(pairs[p]["captions"])
-        assert sorted(s["no_change_caption"] for s in seen) == sorted(pairs[p]["no_change_captions"])
+def epochs_of(samples, n_epochs):
+    """[epoch][index] -> sample, through set_epoch as the Trainer calls it."""
+    out = []
+    for e in range(n_epochs):
+        samples.set_epoch(e)
+        out.append([samples[i] for i in range(len(samples))])
+    return out
+
+
+def test_stage1_samples_every_caption_once_per_epoch_and_redraws_the_swap():
+    # The reference's stage 1: one sample per (pair, caption) each epoch; the swap (p = 0.5) redrawn on every read.
+    data = TinyPairs()
+    samples = c.PairSamples(data, samples="per_caption", distractor_swap_p=0.5, seed=3)
+    assert len(samples) == sum(TinyPairs.COUNTS) == 12
+    epochs = epochs_of(samples, 200)
+    every_caption = sorted((p, cap) for p in range(4) for cap in data[p]["captions"])
+    for drawn in epochs:
+        assert sorted((s["pair"], s["caption"]) for s in drawn) == every_caption
+        for s in drawn:
+            expected = data[s["pair"]]["distractor" if s["swapped"] else "before"]
+            assert np.array_equal(s["before"], expected) and np.array_equal(s["after"], data[s["pair"]]["after"])
+    flags = np.array([[s["swapped"] for s in drawn] for drawn in epochs])  # [epochs, samples]
+    assert abs(flags.mean() - 0.5) < 0.05  # 2,400 draws: sd 0.01
+    assert all(0.3 < f < 0.7 for f in flags.mean(0))  # every sample is swapped in about half of the epochs
+    assert (flags[1:] != flags[:-1]).any(1).all()  # each epoch draws afresh
+    # The same seed gives the same samples in every epoch; another seed other swaps.
+    again = epochs_of(c.PairSamples(data, samples="per_caption", distractor_swap_p=0.5, seed=3), 5)
+    assert [[(s["caption"], s["swapped"]) for s in d] for d in again] == \
+        [[(s["caption"], s["swapped"]) for s in d] for d in epochs[:5]]
+    other = epochs_of(c.PairSamples(data, samples="per_caption", distractor_swap_p=0.5, seed=4), 5)
+    assert [[s["swapped"] for s in d] for d in other] != [[s["swapped"] for s in d] for d in epochs[:5]]
+    # No swap where p = 0, always where p = 1.
+    assert not any(s["swapped"] for d in epochs_of(c.PairSamples(data, distractor_swap_p=0.0), 3) for s in d)
+    assert all(s["swapped"] for d in epochs_of(c.PairSamples(data, distractor_swap_p=1.0), 3) for s in d)
+
+
+def test_stage2_samples_one_pair_each_with_a_random_caption_per_epoch():
+    # The reference's stage 2: one sample per pair each epoch, a random reference (and no-change caption) each time.
+    data = TinyPairs()
+    samples = c.PairSamples(data, samples="per_pair", no_change=True, seed=5)
+    assert len(samples) == 4
+    epochs = epochs_of(samples, 300)
+    for drawn in epochs:
+        assert sorted(s["pair"] for s in drawn) == [0, 1, 2, 3] and not any(s["swapped"] for s in drawn)
+        assert all(np.array_equal(s["distractor"], data[s["pair"]]["distractor"]) for s in drawn)
+    for p, n in enumerate(TinyPairs.COUNTS):
+        caps = [d[i]["caption"] for d in epochs for i in range(4) if d[i]["pair"] == p]
+        freq = np.array([caps.count(cap) for cap in data[p]["captions"]]) / len(caps)
+        assert np.abs(freq - 1 / n).max() < 0.1  # uniform over the pair's captions (300 draws)
+        nc = [d[i]["no_change_caption"] for d in epochs for i in range(4) if d[i]["pair"] == p]
+        assert set(nc) == set(data[p]["no_change_captions"])
+    first = [s["caption"] for s in epochs[0]]
+    assert sum(first != [s["caption"] for s in d] for d in epochs[1:]) > 250  # the draw changes between epochs
+    again = epochs_of(c.PairSamples(data, samples="per_pair", no_change=True, seed=5), 3)
+    assert [[s["caption"] for s in d] for d in again] == [[s["caption"] for s in d] for d in epochs[:3]]
+
+
+def test_pair_samples_refuse_bad_settings_and_missing_captions():
+    with pytest.raises(ValueError, match="choose one of"):
+        c.PairSamples(TinyPairs(), samples="per_image")
+    with pytest.raises(ValueError, match="choose one of"):
+        dataclasses.replace(SMOKE.adapt, samples="per_image")
+
+    class NoCaptions(TinyPairs):
+        def __getitem__(self, p):
+            return dict(super().__getitem__(p), captions=[] if p == 2 else super().__getitem__(p)["captions"])
+
+    with pytest.raises(ValueError, match="Pair 2 has no captions"):
+        c.PairSamples(NoCaptions())
+
+
+def test_samples_per_epoch_match_the_reference_for_every_preset(pairs):
+    # Stage 1: pairs x captions per pair; stage 2: one per pair (Shapes pairs have 5 captions each).
+    for dataset in c.DATASETS:
+        paper = c.config_for(dataset, "paper")
+        assert (paper.adapt.samples, paper.adapt.repeats) == ("per_caption", 1), dataset
+        assert (paper.caption.samples, paper.caption.repeats) == ("per_pair", 1), dataset
+    for profile in ("toy", "smoke"):
+        cfg = c.config_for("shapes", profile)
+        assert len(c.PairSamples.for_stage(pairs, cfg.adapt)) == 5 * len(pairs)
+        assert len(c.PairSamples.for_stage(pairs, cfg.caption)) == len(pairs)
+    assert c.caption_counts(pairs) == [len(pairs[i]["captions"]) for i in range(len(pairs))]
+    assert len(c.PairSamples(pairs, repeats=2)) == 10 * len(pairs)
+
+
+def test_paper_presets_validate_every_epoch_and_stop_early_in_stage_2(pairs):
+    paper = c.config_for("clevr", "paper")
+    assert paper.adapt.eval_every is None and paper.adapt.patience is None  # the reference: no early stop in stage 1
+    assert paper.caption.eval_every is None and paper.caption.patience == 11  # stops after 11 epochs without a gain
+    adapt = c.trainer_config(paper.adapt, 1280, select_metric="t_ip_R@1")  # 10 steps per epoch
+    assert (adapt.eval_every, adapt.patience, adapt.max_steps) == (10, None, 120)
+    caption = c.trainer_config(paper.caption, 160, select_metric="CIDEr")
+    assert (caption.eval_every, caption.patience, caption.max_steps) == (10, 11, 500)
+    toy = c.config_for("shapes", "toy")  # step budgets validate every eval_every steps, or only at the end
+    assert c.trainer_config(toy.adapt, 4000).eval_every == toy.adapt.eval_every == 200
+    assert c.trainer_config(dataclasses.replace(toy.adapt, eval_every=None), 4000).eval_every is None
 
 
 def test_captioning_batch_has_the_no_change_term(pairs):
