@@ -89,11 +89,14 @@ def test_zero_and_out_of_range_counts_are_refused_in_one_line(args, expected, fi
     assert not (tmp_path / "x").exists()  # nothing was written before the check
 
 
-def test_rank_refuses_k_zero():
+def test_rank_and_search_refuse_k_zero():
     bench = CIRBenchmark("t", "val", "cirr", {"a": noise(0, 8), "b": noise(1, 8)}, {ALL: ("a", "b")},
                          [CIRQuery("0", "a", "cirr", {"caption": "x"}, ("b",))])
+    retriever = cir.Baseline(backbones.load_clip("idc-micro"), "image")
     with pytest.raises(ValueError, match="k must be >= 1"):
-        cir.rank(cir.Baseline(backbones.load_clip("idc-micro"), "image"), bench, k=0, progress=False)
+        cir.rank(retriever, bench, k=0, progress=False)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        cir.GallerySearch(retriever, bench, progress=False).search("a", "x", k=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

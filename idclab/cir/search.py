@@ -50,6 +50,8 @@ class GallerySearch:
                exclude_reference: bool = True) -> list[tuple[str, float]]:
         """Top ``k`` gallery names and cosine similarities for ``reference`` (a gallery name or an image) modified
         by ``text`` (kind "cirr": a caption; "domain": a domain noun). The reference itself is left out."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1 (gallery items to return), got {k}.")
         if kind not in ("cirr", "domain"):
             raise ValueError(f"kind must be 'cirr' (text = a modification) or 'domain' (text = a domain noun), "
                              f"not {kind!r}.")
