@@ -403,3 +403,60 @@ def test_journal_variant_fine_tunes_both_encoders(tmp_path):
         assert not torch.equal(tuned.visual.conv1.weight, fresh.visual.conv1.weight)  # images encoded, trained
         assert not torch.equal(tuned.token_embedding.weight, fresh.token_embedding.weight)
         assert torch.equal(tuned.logit_scale, fresh.logit_scale)  # unused by the loss: never trained
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Checkpoint selection on the CIRR protocol
+# ----------------------------------------------------------------------------------------------------------------------
+
+CIRR_VAL = {cir.ALL: {"R@1": 20.0, "R@5": 50.0, "R@10": 60.0, "R@50": 90.0,
+                      "R_subset@1": 40.0, "R_subset@2": 70.0, "R_subset@3": 80.0}}
+
+
+def test_cirr_selection_means_by_hand():
+    # By hand: 410 / 7; 7 / (1/20 + 1/50 + 1/60 + 1/90 + 1/40 + 1/70 + 1/80); (20*50*60*90*40*70*80) ** (1/7).
+    expected = dict(arithmetic=58.571428571, harmonic=46.802865482, geometric=53.222060289, r5_rs1=45.0)
+    assert c.recall_means(CIRR_VAL) == pytest.approx(expected)
+    for name, value in expected.items():
+        assert c.selection_score(CIRR_VAL, "cirr", name) == pytest.approx(value)
+    assert c.selection_score(CIRR_VAL, "cirr") == pytest.approx(expected["arithmetic"])  # the default
+    assert c.CombinerConfig().cirr_selection == "arithmetic"
+    # A zero recall makes the harmonic and geometric means 0 (not an error).
+    zero = {cir.ALL: dict(CIRR_VAL[cir.ALL], **{"R@1": 0.0})}
+    assert c.recall_means(zero)["harmonic"] == c.recall_means(zero)["geometric"] == 0.0
+    assert c.recall_means(zero)["arithmetic"] == pytest.approx(390 / 7)
+    # The criteria can disagree: B wins on the headline average, A on every mean.
+    a = {cir.ALL: {"R@1": 30.0, "R@5": 50.0, "R@10": 70.0, "R@50": 95.0,
+                   "R_subset@1": 40.0, "R_subset@2": 70.0, "R_subset@3": 85.0}}
+    b = {cir.ALL: {"R@1": 10.0, "R@5": 60.0, "R@10": 62.0, "R@50": 80.0,
+                   "R_subset@1": 50.0, "R_subset@2": 60.0, "R_subset@3": 70.0}}
+    assert c.selection_score(b, "cirr", "r5_rs1") > c.selection_score(a, "cirr", "r5_rs1")
+    for name in ("arithmetic", "harmonic", "geometric"):
+        assert c.selection_score(a, "cirr", name) > c.selection_score(b, "cirr", name)
+    fiq = {"average": {"R@10": 30.0, "R@50": 50.0, "avg": 40.0}}
+    assert c.selection_score(fiq, "fashioniq", "harmonic") == 40.0  # FashionIQ: its own average
+
+
+def test_cirr_selection_is_checked():
+    with pytest.raises(ValueError, match="cirr_selection='median'; choose one of"):
+        c.CombinerConfig(cirr_selection="median")
+    with pytest.raises(ValueError, match="Unknown selection criterion 'median'"):
+        c.selection_score(CIRR_VAL, "cirr", "median")
+
+
+def test_the_validation_entry_records_the_selection_criterion(tmp_path, smoke_run):
+    out, results = smoke_run  # the default criterion
+    for stage in ("finetune", "combiner"):
+        best = results[stage].best
+        assert best["selected_by"] == "arithmetic" and best["select"] == best["select/arithmetic"]
+        assert {"select/harmonic", "select/geometric", "select/r5_rs1"} <= set(best)
+    run = json.loads((out / "run.json").read_text())
+    assert run["stages"]["combiner"]["best"]["selected_by"] == "arithmetic"
+    # Another criterion: the entries carry the same scores, and "select" is that criterion's.
+    cfg = dataclasses.replace(c.config_for("shapes", "smoke"), cirr_selection="harmonic")
+    other = c.train(cfg, tmp_path / "harmonic", stages=("combiner",), progress=False, device="cpu")["combiner"]
+    for entry in other.val_history:
+        assert entry["selected_by"] == "harmonic" and entry["select"] == entry["select/harmonic"]
+        recalls = [v for k, v in entry.items() if k.startswith(("all/R@", "all/R_subset@"))]
+        assert len(recalls) == 6 and entry["select/arithmetic"] == pytest.approx(sum(recalls) / 6)  # Shapes: 6
+    assert runs.read(other.best_checkpoint)["selection"]["selected_by"] == "harmonic"

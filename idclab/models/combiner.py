@@ -19,8 +19,9 @@ notes" has the same list):
   fails on missing validation images (CMB-7).
 * Batch sizes and epochs follow the README (stage 1: 128 for 100 epochs; stage 2: 4,096 for 300), where the code's
   defaults differ (CMB-5).
-* CIRR checkpoint selection keeps one checkpoint, the best (R@5 + R_subset@1) / 2 on val; the reference keeps the
-  best by each of the arithmetic, harmonic and geometric means of its seven CIRR recalls.
+* CIRR checkpoint selection: the reference keeps three "best" checkpoints, by the arithmetic, harmonic and geometric
+  mean of the seven val recalls; idclab keeps one, by the mean named in ``cirr_selection`` (default: arithmetic),
+  and records every mean in each validation entry, so the other two choices can be read off the run.
 
 The method in two stages:
 
@@ -77,6 +78,7 @@ DATASETS = ("shapes", "fashioniq", "cirr")
 ENCODERS = ("text", "image", "both")  # [code] --encoder: what stage 1 fine-tunes
 STAGES = ("finetune", "combiner")
 METHOD = "combiner"
+SELECTIONS = ("arithmetic", "harmonic", "geometric", "r5_rs1")  # CIRR-protocol checkpoint selection (selection_score)
 SUM_INPUTS = ("raw", "normalized")  # stage-1 query: norm(i + t) (the reference) or norm(norm(i) + norm(t))
 SCALE = 100.0  # [code]: fixed logit scale in both stages (CLIP's learned one is not used)
 # The text each query kind gives the Combiner and the stage-1 sum ([code]: FashionIQ "c1 and c2" at evaluation;
@@ -120,6 +122,10 @@ class CombinerConfig:
     hidden_dim: int = 5120  # [code] (= 8 x 640)
     dropout: float = 0.5  # [code]: five dropout sites, all 0.5
     sum_inputs: str = "raw"  # [code]: the stage-1 query adds raw features, then normalises; "normalized" adds unit ones
+    # [code] CIRR (and Shapes, same protocol): which val score picks best.pt -- the arithmetic, harmonic or geometric
+    # mean of every recall (CIRR: R@1/5/10/50, R_subset@1/2/3); the reference saves the best by each of the three,
+    # best.pt follows the arithmetic one. "r5_rs1": (R@5 + R_subset@1) / 2, the benchmark's headline average
+    cirr_selection: str = "arithmetic"
     finetune: CombinerStage = field(default_factory=CombinerStage)  # stage 1
     combiner: CombinerStage = field(default_factory=lambda: _STAGE2)  # stage 2
     precision: str = "auto"  # [code]: AMP (autocast; fp32 master weights)
@@ -135,6 +141,8 @@ class CombinerConfig:
             raise ValueError(f"CombinerConfig.encoder={self.encoder!r}; choose one of {ENCODERS}.")
         if self.sum_inputs not in SUM_INPUTS:
             raise ValueError(f"CombinerConfig.sum_inputs={self.sum_inputs!r}; choose one of {SUM_INPUTS}.")
+        if self.cirr_selection not in SELECTIONS:
+            raise ValueError(f"CombinerConfig.cirr_selection={self.cirr_selection!r}; choose one of {SELECTIONS}.")
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -440,13 +448,27 @@ def val_benchmark(cfg: CombinerConfig, *, root: str | Path | None = None, split:
     return cir.load_benchmark(cfg.dataset, root=root, split=split)
 
 
-def selection_score(metrics: dict, protocol: str) -> float:
-    """The number that picks the best checkpoint ([code]): FashionIQ (mean R@10 + mean R@50) / 2; CIRR
-    (R@5 + R_subset@1) / 2; Shapes the same as CIRR."""
+def recall_means(metrics: dict) -> dict[str, float]:
+    """The CIRR-protocol selection scores of one validation (``metrics``: :func:`idclab.cir.evaluate`'s): the
+    arithmetic, harmonic and geometric means of every overall recall (R@K and R_subset@K, in percent; the harmonic and
+    geometric means are 0 when a recall is 0), and ``r5_rs1`` = (R@5 + R_subset@1) / 2."""
+    m = metrics[cir.ALL]
+    recalls = np.array([v for k, v in m.items() if k.startswith(("R@", "R_subset@"))], dtype=float)  # [7] on CIRR
+    positive = bool((recalls > 0).all())
+    return dict(arithmetic=float(recalls.mean()),
+                harmonic=float(len(recalls) / (1.0 / recalls).sum()) if positive else 0.0,
+                geometric=float(np.exp(np.log(recalls).mean())) if positive else 0.0,
+                r5_rs1=(m["R@5"] + m["R_subset@1"]) / 2)
+
+
+def selection_score(metrics: dict, protocol: str, criterion: str = "arithmetic") -> float:
+    """The number that picks the best checkpoint ([code]): FashionIQ (mean R@10 + mean R@50) / 2; CIRR and Shapes
+    the ``criterion`` of :func:`recall_means` (one of SELECTIONS)."""
     if protocol == "fashioniq":
         return metrics["average"]["avg"]
-    m = metrics[cir.ALL]
-    return (m["R@5"] + m["R_subset@1"]) / 2
+    if criterion not in SELECTIONS:
+        raise ValueError(f"Unknown selection criterion {criterion!r}; choose one of {SELECTIONS}.")
+    return recall_means(metrics)[criterion]
 
 
 def _subset(bench: cir.CIRBenchmark, n: int | None) -> cir.CIRBenchmark:
@@ -464,9 +486,10 @@ def _trainer_config(cfg: CombinerConfig, stage: CombinerStage, n: int, progress:
                        select_mode="max", progress=progress)
 
 
-def _validator(retriever_for, bench: cir.CIRBenchmark, *, fixed_gallery: bool):
-    """A Trainer val_fn: the benchmark's protocol on ``retriever_for(model)``; the selection score and every metric.
-    ``fixed_gallery``: the image tower does not change, so gallery features are encoded once."""
+def _validator(retriever_for, bench: cir.CIRBenchmark, *, fixed_gallery: bool, criterion: str = "arithmetic"):
+    """A Trainer val_fn: the benchmark's protocol on ``retriever_for(model)``; the selection score ("select"), the
+    criterion that computed it ("selected_by"), on the CIRR protocol every criterion's score ("select/<name>"), and
+    every metric. ``fixed_gallery``: the image tower does not change, so gallery features are encoded once."""
     cache: dict = {}
 
     def val_fn(model) -> dict:
@@ -475,7 +498,12 @@ def _validator(retriever_for, bench: cir.CIRBenchmark, *, fixed_gallery: bool):
             cache["names"] = cir.needed_images(bench)
             cache["feats"] = cir.image_features(retriever, bench, cache["names"], progress=False)
         metrics = cir.evaluate(retriever, bench, feats=cache["feats"], names=cache["names"], progress=False)["metrics"]
-        return {"select": selection_score(metrics, bench.protocol), **_flat(metrics)}
+        if bench.protocol == "fashioniq":
+            return {"select": selection_score(metrics, bench.protocol), "selected_by": "fashioniq_avg",
+                    **_flat(metrics)}
+        means = recall_means(metrics)
+        return {"select": means[criterion], "selected_by": criterion,
+                **{f"select/{k}": v for k, v in means.items()}, **_flat(metrics)}
 
     return val_fn
 
@@ -517,7 +545,8 @@ def _finetune(cfg: CombinerConfig, out: Path, *, root, resume: bool, device, pro
         data = PixelTriplets(source)
     bench = _subset(val_benchmark(cfg, root=root), cfg.finetune.eval_queries)
     val_fn = _validator(lambda m: SumRetriever(m.clip, inputs=cfg.sum_inputs, preprocess=cfg.preprocess,
-                                               device=device), bench, fixed_gallery=cfg.encoder == "text")
+                                               device=device), bench, fixed_gallery=cfg.encoder == "text",
+                        criterion=cfg.cirr_selection)
     params = [p for p in model.parameters() if p.requires_grad]
     header = runs.make_header(METHOD, "finetune", cfg, backbones.model_config(model.clip))
     trainer = Trainer(model, functools.partial(finetune_loss, inputs=cfg.sum_inputs), data,
@@ -541,7 +570,7 @@ def _train_combiner(cfg: CombinerConfig, out: Path, *, clip_ckpt: Path | None, r
     model = Combiner(dim, cfg.proj_dim, cfg.hidden_dim, dropout=cfg.dropout)
     bench = _subset(val_benchmark(cfg, root=root), cfg.combiner.eval_queries)
     val_fn = _validator(lambda m: CombinerRetriever(clip, m, preprocess=cfg.preprocess, device=device), bench,
-                        fixed_gallery=True)
+                        fixed_gallery=True, criterion=cfg.cirr_selection)
     stage_dir = out / "combiner"
     clip_source = None if clip_ckpt is None else runs.relative(clip_ckpt, stage_dir)
     header = runs.make_header(METHOD, "combiner", cfg, dict(backbones.model_config(clip), dim=dim,
