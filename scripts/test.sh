@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export HF_HUB_OFFLINE=1
 export IDCLAB_PROFILE=smoke
+unset IDCLAB_BOOK_HTML  # the browser test runs once, on the book built below (step 3)
 start=$(date +%s)
 
 work=$(mktemp -d)

@@ -15,6 +15,7 @@ path is printed).
 
 from __future__ import annotations
 
+import base64
 import os
 import tempfile
 import time
@@ -56,7 +57,7 @@ MATH_ERRORS = "mjx-merror, .MathJax_Error, .merror, .mjx-merror"
 # (Debian's libjs-mathjax, what scripts/test.sh points the offline CI build at).
 WAIT_FOR_MATHJAX = """
 const done = arguments[arguments.length - 1];
-const deadline = Date.now() + 60000;
+const deadline = Date.now() + arguments[1] * 1000;
 if (!document.querySelector(arguments[0])) { done("no math"); return; }  // Sphinx loads MathJax only where needed
 (function poll() {
   const mj = window.MathJax;
@@ -109,10 +110,10 @@ def browser():
     driver.quit()
 
 
-def _open(browser, path: Path, query: str = "") -> str:
-    """Load a page and wait for MathJax; -> what the wait saw ("3", "2", "not loaded")."""
+def _open(browser, path: Path, query: str = "", *, mathjax_wait: float = 60) -> str:
+    """Load a page and wait for MathJax; -> what the wait saw ("3", "2", "not loaded", "no math")."""
     browser.get(path.as_uri() + query)
-    return browser.execute_async_script(WAIT_FOR_MATHJAX, MATH)
+    return browser.execute_async_script(WAIT_FOR_MATHJAX, MATH, mathjax_wait)
 
 
 def _local_target(href: str) -> Path | None:
@@ -129,10 +130,9 @@ def test_the_book_has_every_chapter():
     assert stems == set(CHAPTERS), f"built chapters {sorted(stems)} differ from book/chapters {CHAPTERS}"
 
 
-@pytest.mark.parametrize("page", PAGES)
-def test_page(page, html, browser, shots):
-    path = html / page
-    mathjax = _open(browser, path)
+def page_problems(browser, path: Path, *, mathjax_wait: float = 60) -> tuple[list[str], list[str]]:
+    """Load one page -> (what is wrong with it, the hrefs of its links)."""
+    mathjax = _open(browser, path, mathjax_wait=mathjax_wait)
     problems = []
 
     bad = browser.execute_script(
@@ -146,11 +146,10 @@ def test_page(page, html, browser, shots):
             .map(i => [i.src.slice(0, 120), i.complete, i.naturalWidth]);""")
     problems += [f"image not loaded: {src}" for src, complete, width in images if not (complete and width > 0)]
 
-    math = browser.execute_script("""
+    n_math, unrendered, errors = browser.execute_script("""
         const math = Array.from(document.querySelectorAll(arguments[0]));
         return [math.length, math.filter(m => !m.querySelector(arguments[1])).map(m => m.textContent.slice(0, 80)),
                 document.querySelectorAll(arguments[2]).length];""", MATH, RENDERED_MATH, MATH_ERRORS)
-    n_math, unrendered, errors = math
     if n_math:
         if mathjax == "not loaded":
             problems.append(f"{n_math} pieces of math but MathJax never loaded (offline? see scripts/test.sh)")
@@ -163,7 +162,12 @@ def test_page(page, html, browser, shots):
         target = _local_target(href)
         if target is not None and not target.exists():
             problems.append(f"broken link: {href}")
+    return problems, hrefs
 
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page(page, html, browser, shots):
+    problems, hrefs = page_problems(browser, html / page)
     stem = Path(page).stem
     if page.startswith("chapters/") and stem in CHAPTERS:
         colab = sorted({h for h in hrefs if "colab.research.google.com/github/" in h})
@@ -176,8 +180,27 @@ def test_page(page, html, browser, shots):
             if (fig) fig.scrollIntoView({block: 'center'}); else window.scrollTo(0, 0);""")
         time.sleep(0.3)
         browser.save_screenshot(str(shots / f"{stem}.png"))
-
     assert not problems, f"{page}:\n  " + "\n  ".join(problems)
+
+
+def test_the_checks_catch_a_broken_page(tmp_path, browser):
+    """A page with each fault the book could have: every check above reports its fault."""
+    (tmp_path / "good.png").write_bytes(base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="))
+    page = tmp_path / "page.html"
+    page.write_text("""<html><body>
+        <div class="cell_output"><div class="output stderr"><pre>UserWarning: something</pre></div></div>
+        <pre>Traceback (most recent call last):</pre>
+        <img src="good.png"><img src="missing.png">
+        <span class="math notranslate nohighlight">\\(x^2\\)</span>
+        <a href="elsewhere.html">a page that does not exist</a><a href="page.html">this page</a>
+        <a href="https://example.org/">off the book</a></body></html>""")
+    problems, _ = page_problems(browser, page, mathjax_wait=1)
+    text = "\n".join(problems)
+    assert "stderr/error output: 'UserWarning: something'" in text and "a traceback is shown" in text
+    assert "missing.png" in text and "good.png" not in text
+    assert "MathJax never loaded" in text and "math not rendered: '\\\\(x^2\\\\)'" in text
+    assert "broken link: " in text and "elsewhere.html" in text and text.count("broken link") == 1
 
 
 def test_search_finds_cider(html, browser):
