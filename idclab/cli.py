@@ -8,6 +8,7 @@
     idclab caption BEFORE AFTER --checkpoint RUN [--beam N]            describe what changed between two images
     idclab score-captions GTS.json RES.json [--groups G.json]          BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (JSON)
     idclab eval cir --method M --benchmark B [--checkpoint RUN]        composed retrieval: M beside the 3 baselines (JSON)
+    idclab eval cir --method combiner --checkpoint C.pt --clip-checkpoint CLIP.pt    CLIP4Cir's released files
     idclab retrieve --image IMG --text T --gallery DIR --method M      top-k of a folder for one composed query
     idclab data download|prepare|verify DATASET --root DIR [...]       the data_scripts/ of the papers' datasets
 

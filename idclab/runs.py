@@ -31,7 +31,9 @@ import dataclasses
 import json
 import os
 import pickle
+import time
 import uuid
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,7 +45,7 @@ from idclab.configs import to_dict
 
 __all__ = [
     "FORMAT", "RUN_FILE", "COMMON_OPTIONS", "UnsafeCheckpointError", "apply_options", "make_header", "save",
-    "read", "read_header", "resolve_checkpoint", "read_run", "record_stage", "relative", "resolve_relative",
+    "read", "load_plain", "read_header", "resolve_checkpoint", "read_run", "record_stage", "relative", "resolve_relative",
     "run_lock", "prepare_run", "check_stages", "stage_entry", "summary", "process_rank",
 ]
 
@@ -138,6 +140,27 @@ def save(path: str | Path, state: dict) -> Path:
     return path
 
 
+def load_plain(path: str | Path, *, map_location: str | torch.device = "cpu", what: str = "checkpoint"):
+    """``torch.load(path, weights_only=True)`` with one clear error: :class:`UnsafeCheckpointError` for a file that
+    only loads by unpickling Python objects (loading it could run code), ValueError for anything unreadable."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        detail = next((line.strip() for line in text.splitlines() if "WeightsUnpickler error" in line),
+                      text.splitlines()[0] if text else "")
+        if "Unsupported global" in text:  # the file names a Python callable to run while loading
+            detail = detail.split("Please use")[0].replace("WeightsUnpickler error: ", "").strip()
+            raise UnsafeCheckpointError(
+                f"{path} holds Python objects that only load by running code from the file, so idclab refuses it "
+                f"({detail[:200]}). idclab {what}s hold tensors and plain values only; retrain, or convert a file "
+                "you trust to a plain state dict.") from None
+        raise ValueError(f"{path} is not a readable {what} (not a torch file, or damaged): {detail[:200]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable {what} (truncated or not a torch file?): "
+                         f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}") from None
+
+
 def read(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
     """Read an idclab checkpoint with ``weights_only=True``; clear errors for anything else."""
     path = Path(path)
@@ -146,16 +169,7 @@ def read(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
                                 "runs.resolve_checkpoint(path).")
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint at {path}.")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"{path} holds Python objects that only load by running code from the file, so idclab refuses it "
-            f"(torch.load weights_only=True said: {str(err).splitlines()[0][:200]}). idclab checkpoints hold tensors "
-            "and plain values only; retrain, or convert a file you trust to a plain state dict.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or not a torch file?): "
-                         f"{str(err).splitlines()[0][:200]}") from None
+    state = load_plain(path, map_location=map_location, what="checkpoint")
     if not isinstance(state, dict) or "header" not in state or "model" not in state:
         raise ValueError(f"{path} is not an idclab checkpoint (no header): write one with an idclab `train` command.")
     fmt = state["header"].get("format")
@@ -229,6 +243,10 @@ def resolve_checkpoint(path: str | Path, stage: str | None = None, *, method: st
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint or run folder at {path}; train one with {hint}.")
     if path.is_dir():
+        recorded = (read_run(path) or {}).get("method")
+        if method is not None and recorded not in (None, method):
+            raise ValueError(f"{path} holds a {recorded} run, not {method}; pass one written by `idclab train "
+                             f"{method}`.")
         path = _selected(path, stage, hint)
     if method is not None:
         header = read(path)["header"]
@@ -268,21 +286,25 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
     if process_rank() != 0:
         yield
         return
-    lock = Path(run_dir) / LOCK_FILE
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
+    run_dir = Path(run_dir)
+    lock = run_dir / LOCK_FILE
+    created = not run_dir.exists()
+    _make_run_folder(run_dir)
+    for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
+            pid = _lock_owner(lock)
             if pid and pid != os.getpid() and _alive(pid):
                 raise RuntimeError(f"Another process (pid {pid}) is writing the run in {run_dir}; wait for it or use "
                                    f"another --out (remove {lock} if that process is gone).") from None
-            lock.unlink(missing_ok=True)  # stale: its writer died
+            if pid:  # stale: its writer died, perhaps in the middle of a save
+                for tmp in run_dir.rglob(f".*.{pid}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)
+        except OSError as err:
+            raise PermissionError(f"Cannot write to {run_dir} ({err.strerror}); choose a writable --out.") from None
     else:
         raise RuntimeError(f"Could not take the lock {lock}; remove it if no other process is training there.")
     try:
@@ -291,6 +313,33 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+
+
+def _make_run_folder(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"--out {run_dir} is a file; give a folder for the run.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(f"Cannot create the run folder {run_dir} ({err.strerror}); choose a writable --out."
+                              ) from None
+
+
+def _lock_owner(lock: Path) -> int:
+    """The pid in a lock file; 0 if it is unreadable or stays empty (a writer between creating and filling it gets
+    a moment to finish)."""
+    for _ in range(20):
+        try:
+            text = lock.read_text().strip()
+        except OSError:
+            return 0
+        if text:
+            return int(text) if text.isdigit() else 0
+        time.sleep(0.05)
+    return 0
 
 
 def _alive(pid: int) -> bool:
@@ -326,6 +375,29 @@ def prepare_run(run_dir: str | Path, stages: tuple[str, ...], *, resume: bool, o
     if process_rank() == 0:  # under torchrun the other ranks check the same folder but leave the deleting to rank 0
         for p in existing:
             p.unlink(missing_ok=True)
+        _forget_stages(run_dir, stages)
+
+
+def _forget_stages(run_dir: Path, stages: tuple[str, ...]) -> None:
+    """Drop ``stages`` from ``run.json`` -- and the stages trained on them (their ``init`` lies in one of those
+    folders), which would otherwise stay recorded on top of weights that no longer exist: a run is never mixed."""
+    run = read_run(run_dir)
+    if not run or not run.get("stages"):
+        return
+    gone = [s for s, e in run["stages"].items()
+            if s in stages or (e.get("init") and Path(e["init"]).parts[0] in stages)]
+    dependents = [s for s in gone if s not in stages]
+    if dependents:
+        warnings.warn(f"{run_dir}: {dependents} was trained on the {list(stages)} stage being replaced, so run.json "
+                      f"no longer records it; train it again (--stage {dependents[0]} --overwrite).", stacklevel=3)
+    if not gone:
+        return
+    run["stages"] = {s: e for s, e in run["stages"].items() if s not in gone}
+    if run.get("last_stage") in gone:
+        run["last_stage"] = list(run["stages"])[-1] if run["stages"] else None
+    tmp = run_dir / f".{RUN_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(json.dumps(run, indent=2) + "\n")
+    os.replace(tmp, run_dir / RUN_FILE)
 
 
 def check_stages(stages, all_stages: tuple[str, ...]) -> tuple[str, ...]:

@@ -243,8 +243,8 @@ def train(config: ClipPretrainConfig, out_dir: str | Path, *, stages=None, root=
     if root is not None or init is not None:
         raise ValueError("shapes-clip generates its data and starts from random weights: drop --root and --init.")
     out = Path(out_dir)
-    runs.prepare_run(out, stages, resume=resume, overwrite=overwrite)
     with runs.run_lock(out):
+        runs.prepare_run(out, stages, resume=resume, overwrite=overwrite)  # under the lock: one writer
         torch.manual_seed(config.seed)
         model = backbones.load_clip(config.arch)
         data = PretrainScenes("train", config.n_train, seed=config.seed, size=backbones.image_size(model),

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from idclab.data.cir_benchmark import ALL, CIRBenchmark, CIRQuery, check_benchma
 from idclab.images import ImageError, read_image
 from idclab.metrics.retrieval import (map_at_k, recall_at_k, recall_at_k_multi, recall_fraction_at_k,
                                       recall_subset_at_k, topk_search)
-from idclab.runs import UnsafeCheckpointError
+from idclab.runs import UnsafeCheckpointError, load_plain
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Raw image features, computed once (missing or unreadable images are listed, never dropped)
@@ -59,15 +57,12 @@ def image_features(retriever: CLIPRetriever, bench: CIRBenchmark, names: Sequenc
 def _read_cache(path: Path) -> dict:
     """A feature cache, read with ``weights_only=True``: a file that only loads by running code is refused."""
     try:
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"The feature cache {path} holds Python objects that only load by running code from the file, so idclab "
-            f"refuses it ({str(err).splitlines()[0][:160]}); idclab writes tensors and plain values only. Delete it "
-            "(it is recomputed) and check who can write to --cache-dir.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise ValueError(f"The feature cache {path} is not readable ({str(err).splitlines()[0][:160]}); delete it "
-                         "(it is recomputed).") from None
+        cached = load_plain(path, what="feature cache")
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(f"{err} Delete it (it is recomputed) and check who can write to --cache-dir."
+                                    ) from None
+    except ValueError as err:
+        raise ValueError(f"{err}; delete it (it is recomputed).") from None
     if not isinstance(cached, dict) or not {"names", "features"} <= set(cached):
         raise ValueError(f"{path} is not an idclab feature cache; delete it or choose another --cache-dir.")
     return cached

@@ -1068,7 +1068,6 @@ def train(cfg: CLIP4IDCConfig, out_dir: str | Path, *, stages=None, root: str | 
         raise ValueError("init (a stage-1 checkpoint) only applies when training the caption stage alone "
                          "(--stage caption).")
     out = Path(out_dir)
-    runs.prepare_run(out, stages, resume=resume, overwrite=overwrite)
     if cfg.dataset != "shapes":
         load_pairs(cfg, "train", root=root)  # check the data before building a model or downloading weights
     adapted = None if init is None else runs.resolve_checkpoint(init, "adapt", method=METHOD)
@@ -1076,6 +1075,7 @@ def train(cfg: CLIP4IDCConfig, out_dir: str | Path, *, stages=None, root: str | 
         adapted = runs.resolve_checkpoint(out, "adapt")
     results: dict[str, TrainResult] = {}
     with runs.run_lock(out):
+        runs.prepare_run(out, stages, resume=resume, overwrite=overwrite)  # under the lock: one writer
         for stage in stages:
             results[stage] = _train_stage(cfg, stage, out, root=root, init=adapted if stage == "caption" else None,
                                           resume=resume, progress=progress, device=device, on_step=on_step)

@@ -39,8 +39,8 @@ The method in two stages:
    every step.
 
 Reading order: configs and presets -> the Combiner network -> the stage-1 model and the shared loss -> training
-data (caption variants, feature caches) -> the two stages -> the retrievers -> loading checkpoints -> analysis
-helpers (similarity gap, lambda).
+data (caption variants, feature caches) -> the two stages -> the retrievers -> loading checkpoints -> the authors'
+released checkpoints (:func:`load_released`) -> analysis helpers (similarity gap, lambda).
 """
 
 from __future__ import annotations

@@ -304,6 +304,11 @@ def training_images(cfg: Pic2WordConfig, *, root: str | Path | None = None, imag
     if root is None:
         raise ValueError(f"dataset {cfg.dataset!r} needs --root: an image folder, or a Pic2Word TSV of image paths "
                          "(see data_scripts/image_folder.py prepare).")
+    if not Path(root).exists():
+        what = "image folder" if cfg.dataset == "folder" else "Pic2Word TSV"
+        raise FileNotFoundError(f"No {what} at {root}: pass --root a folder of your images (--dataset folder) or the "
+                                "TSV that `python data_scripts/image_folder.py prepare --images DIR --out FILE.tsv` "
+                                "writes (--dataset cc3m).")
     images = ImageFolder(root) if cfg.dataset == "folder" else CSVImages(root)
     n_val = min(cfg.val_images, len(images) // 10)
     if n_val < 1:
@@ -399,11 +404,11 @@ def train(cfg: Pic2WordConfig, out_dir: str | Path, *, stages=None, root: str | 
     if init is not None:
         raise ValueError("Pic2Word trains its mapping network from scratch on a frozen CLIP: drop --init.")
     out = Path(out_dir)
-    runs.prepare_run(out, STAGES, resume=resume, overwrite=overwrite)
     device = train_device(device)  # under torchrun: this process's GPU (LOCAL_RANK), also for the features
     if cfg.dataset != "shapes":
         training_images(cfg, root=root)  # check the data before building a model or downloading weights
     with runs.run_lock(out):
+        runs.prepare_run(out, STAGES, resume=resume, overwrite=overwrite)  # under the lock: one writer
         torch.manual_seed(cfg.seed)  # the mapping network's initial weights depend on the seed only
         model = Pic2Word(cfg, clip=load_backbone(cfg, device=device)).to(device)
         size = backbones.image_size(model.clip)
