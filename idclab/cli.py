@@ -458,8 +458,13 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except KeyboardInterrupt:
         if args.command == "train":
-            again = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv) if a != "--overwrite")
-            raise SystemExit(f"interrupted; the run is saved. Continue it with:\n  idclab {again} --resume") from None
+            words = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--overwrite", "--resume")]
+            again = "idclab " + " ".join(shlex.quote(str(a)) for a in words)
+            if not any(Path(args.out).glob("*/resume.pt")):
+                raise SystemExit(f"interrupted before anything was saved in {args.out}; start again with:\n  {again}"
+                                 ) from None
+            raise SystemExit(f"interrupted; the run is saved in {args.out}. Continue it with:\n  {again} --resume"
+                             ) from None
         raise
     except (ValueError, TypeError, KeyError, OSError, RuntimeError) as err:
         # idclab's own errors name the fix: one line. Anything raised inside torch, open_clip or another library
