@@ -353,9 +353,10 @@ class Trainer:
                 logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / cfg.grad_accum
             if not sync:
                 continue
-            self._optimizer_step()
-            self.batch_in_epoch += cfg.grad_accum
-            self._rng_at_step = _rng_state()
+            with _no_sigterm_between():  # weights, step, data position and RNG change together
+                self._optimizer_step()
+                self.batch_in_epoch += cfg.grad_accum
+                self._rng_at_step = _rng_state()
             self._after_step(bar, logs_sum)
             logs_sum = {}
             if self.step >= cfg.max_steps or self.result.stopped_early:
@@ -649,13 +650,34 @@ def _sigterm_as_interrupt():
         return
 
     def handler(signum, frame):
+        if _SIGTERM["deferring"]:
+            _SIGTERM["pending"] = True  # raised when the optimiser step's bookkeeping is complete
+            return
         raise Terminated(f"signal {signum} (SIGTERM)")
 
     previous = signal.signal(signal.SIGTERM, handler)
+    _SIGTERM.update(deferring=False, pending=False)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_SIGTERM = dict(deferring=False, pending=False)
+
+
+@contextlib.contextmanager
+def _no_sigterm_between():
+    """SIGTERM waits until the block ends, so resume.pt never holds updated weights with the old step or data
+    position; then it is raised as usual."""
+    _SIGTERM["deferring"] = True
+    try:
+        yield
+    finally:
+        _SIGTERM["deferring"] = False
+    if _SIGTERM["pending"]:
+        _SIGTERM["pending"] = False
+        raise Terminated("SIGTERM")
 
 
 def _init_distributed() -> tuple[int, int, int]:
