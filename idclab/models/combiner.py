@@ -516,7 +516,6 @@ def train(cfg: CombinerConfig, out_dir: str | Path, *, stages=None, root: str | 
     recorded in ``out_dir``, else on the frozen CLIP (the v1 ablation). Returns ``{stage: TrainResult}``."""
     stages = runs.check_stages(stages, STAGES)
     out = Path(out_dir)
-    runs.prepare_run(out, stages, resume=resume, overwrite=overwrite)
     if cfg.dataset != "shapes":
         load_triplets(cfg, "train", root=root)  # check the data before building a model or downloading weights
     device = train_device(device)  # under torchrun: this process's GPU (LOCAL_RANK), also for the features
@@ -525,6 +524,7 @@ def train(cfg: CombinerConfig, out_dir: str | Path, *, stages=None, root: str | 
     if clip_ckpt is None and "finetune" not in stages and "finetune" in ((runs.read_run(out) or {}).get("stages") or {}):
         clip_ckpt = runs.resolve_checkpoint(out, "finetune")
     with runs.run_lock(out):
+        runs.prepare_run(out, stages, resume=resume, overwrite=overwrite)  # under the lock: one writer
         if "finetune" in stages:
             results["finetune"] = _finetune(cfg, out, root=root, resume=resume, device=device, progress=progress)
             clip_ckpt = results["finetune"].selected
