@@ -92,7 +92,7 @@ def cmd_train(args) -> None:
 def add_train_parser(train, what: str) -> None:
     module = METHODS[what]
     p = train.add_parser(what, help=HELP[what], description=HELP[what])
-    p.add_argument("--profile", choices=["smoke", "toy", "paper"], default=None,
+    p.add_argument("--profile", choices=["smoke", "toy", "lite", "paper"], default=None,
                    help="default: $IDCLAB_PROFILE or toy (smoke and toy run on the Shapes world)")
     p.add_argument("--dataset", choices=DATASETS[what], default="shapes" if what != "pic2word" else None,
                    help="the real datasets need --root (see data_scripts/)")
@@ -149,7 +149,7 @@ def add_ablate_parser(sub) -> None:
     p = sub.add_parser("ablate", help="a paper's ablation with seeds: per-seed values, mean, sd and verdicts (JSON)"
                        ).add_subparsers(dest="what", required=True)
     a = p.add_parser("clip4idc", help="CLIP4IDC: captioners without adaptation (CLIP frozen / fine-tuned) vs with it")
-    a.add_argument("--profile", choices=["smoke", "toy", "paper"], default=None)
+    a.add_argument("--profile", choices=["smoke", "toy", "lite", "paper"], default=None)
     a.add_argument("--dataset", choices=DATASETS["clip4idc"], default="shapes")
     a.add_argument("--root", type=Path, default=None, help="dataset folder for clevr, spot, ier")
     a.add_argument("--out", type=Path, required=True, help="one run folder per row and seed goes here")

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
-PROFILES = ("smoke", "toy", "paper")
+PROFILES = ("smoke", "toy", "lite", "paper")
 DEFAULT_PROFILE = "toy"
 
 T = TypeVar("T")

@@ -155,7 +155,9 @@ class CaptionCollate:
             items = [pair for group in items for pair in group]
         images, captions = zip(*items)
         pixels = backbones.to_pixels(np.stack(images), self.image_size)
-        return pixels, backbones.tokenize(list(captions), context_length=self.context_length)
+        # A tiny context (the smoke profile's 32 tokens) cuts long scene descriptions: chosen, so cut silently.
+        return pixels, backbones.tokenize(list(captions), context_length=self.context_length,
+                                          max_words=self.context_length)
 
 
 def clip_loss(model, batch, *, max_logit_scale: float = 100.0):
@@ -223,8 +225,10 @@ def attribute_probe(model, *, n: int = 200, seed: int = 0) -> dict:
             wrong.append(shapes.describe_scene(twin, np.random.default_rng([seed, i])))
         img = model.encode_image(backbones.to_pixels(np.stack(images), data.size).to(device), normalize=True)
         ctx = backbones.clip_dims(model).context_length
-        t_right = model.encode_text(backbones.tokenize(right, context_length=ctx).to(device), normalize=True)
-        t_wrong = model.encode_text(backbones.tokenize(wrong, context_length=ctx).to(device), normalize=True)
+        t_right = model.encode_text(backbones.tokenize(right, context_length=ctx, max_words=ctx).to(device),
+                                    normalize=True)
+        t_wrong = model.encode_text(backbones.tokenize(wrong, context_length=ctx, max_words=ctx).to(device),
+                                    normalize=True)
         prefers = ((img * t_right).sum(-1) > (img * t_wrong).sum(-1)).double().mean().item()
         out[f"probe_{attr}"] = 100.0 * prefers
     return out

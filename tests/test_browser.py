@@ -16,6 +16,7 @@ path is printed).
 from __future__ import annotations
 
 import base64
+import re
 import os
 import tempfile
 import time
@@ -47,8 +48,12 @@ def _pages() -> list[str]:
 
 PAGES = _pages()
 
-# Cell outputs that must not appear: myst-nb renders stderr streams and errors (tracebacks) with these classes.
-BAD_OUTPUTS = ".cell_output .stderr, .cell_output .traceback, .cell_output .error, div.output.stderr, div.output.error"
+# Cell outputs that must not appear: myst-nb renders errors (tracebacks) with these classes. Stderr streams
+# (progress bars, warnings such as the smoke profile's tiny-corpus CIDEr notes) may appear, unless they report an
+# exception (a line "SomethingError: ..." or "...Exception: ...").
+ERROR_OUTPUTS = ".cell_output .traceback, .cell_output .error, div.output.error"
+STDERR_OUTPUTS = ".cell_output .stderr, div.output.stderr"
+EXCEPTION_LINE = r"^\s*[A-Za-z_.]*(Error|Exception)\b.*:"
 MATH = "span.math.notranslate, div.math.notranslate"  # what Sphinx writes (MathJax 2 adds span.math inside)
 RENDERED_MATH = "mjx-container, .MathJax, .MathJax_CHTML, .MathJax_SVG, .MathJax_Display"
 MATH_ERRORS = "mjx-merror, .MathJax_Error, .merror, .mjx-merror"
@@ -135,9 +140,11 @@ def page_problems(browser, path: Path, *, mathjax_wait: float = 60) -> tuple[lis
     mathjax = _open(browser, path, mathjax_wait=mathjax_wait)
     problems = []
 
-    bad = browser.execute_script(
-        "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText.slice(0, 300));", BAD_OUTPUTS)
-    problems += [f"stderr/error output: {text!r}" for text in bad]
+    texts = "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText.slice(0, 2000));"
+    problems += [f"error output: {text[:300]!r}" for text in browser.execute_script(texts, ERROR_OUTPUTS)]
+    problems += [f"stderr output reports an exception: {text[:300]!r}"
+                 for text in browser.execute_script(texts, STDERR_OUTPUTS)
+                 if re.search(EXCEPTION_LINE, text, flags=re.MULTILINE)]
     if "Traceback (most recent call last)" in browser.execute_script("return document.body?.innerText ?? ''"):
         problems.append("a traceback is shown on the page")
 
@@ -189,7 +196,9 @@ def test_the_checks_catch_a_broken_page(tmp_path, browser):
         "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="))
     page = tmp_path / "page.html"
     page.write_text("""<html><body>
-        <div class="cell_output"><div class="output stderr"><pre>UserWarning: something</pre></div></div>
+        <div class="cell_output"><div class="output stderr"><pre>UserWarning: only a warning</pre></div></div>
+        <div class="cell_output"><div class="output stderr"><pre>RuntimeError: boom</pre></div></div>
+        <div class="cell_output"><div class="output error"><pre>ValueError: bad</pre></div></div>
         <pre>Traceback (most recent call last):</pre>
         <img src="good.png"><img src="missing.png">
         <span class="math notranslate nohighlight">\\(x^2\\)</span>
@@ -197,7 +206,8 @@ def test_the_checks_catch_a_broken_page(tmp_path, browser):
         <a href="https://example.org/">off the book</a></body></html>""")
     problems, _ = page_problems(browser, page, mathjax_wait=1)
     text = "\n".join(problems)
-    assert "stderr/error output: 'UserWarning: something'" in text and "a traceback is shown" in text
+    assert "stderr output reports an exception: 'RuntimeError: boom'" in text and "a traceback is shown" in text
+    assert "error output: 'ValueError: bad'" in text and "only a warning" not in text
     assert "missing.png" in text and "good.png" not in text
     assert "MathJax never loaded" in text and "math not rendered: '\\\\(x^2\\\\)'" in text
     assert "broken link: " in text and "elsewhere.html" in text and text.count("broken link") == 1
