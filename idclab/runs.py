@@ -217,6 +217,11 @@ def record_stage(run_dir: str | Path, *, method: str, config: Any, stage: str, e
     run["config"] = to_dict(config)
     run["stages"][stage] = entry
     run["last_stage"] = stage  # what load(run) gives without a stage
+    _write_run(run_dir, run)
+
+
+def _write_run(run_dir: Path, run: dict) -> None:
+    """Write ``run.json`` atomically (a temporary file unique to this writer, then a rename)."""
     tmp = run_dir / f".{RUN_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.write_text(json.dumps(run, indent=2) + "\n")
     os.replace(tmp, run_dir / RUN_FILE)
@@ -395,9 +400,7 @@ def _forget_stages(run_dir: Path, stages: tuple[str, ...]) -> None:
     run["stages"] = {s: e for s, e in run["stages"].items() if s not in gone}
     if run.get("last_stage") in gone:
         run["last_stage"] = list(run["stages"])[-1] if run["stages"] else None
-    tmp = run_dir / f".{RUN_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(run, indent=2) + "\n")
-    os.replace(tmp, run_dir / RUN_FILE)
+    _write_run(run_dir, run)
 
 
 def check_stages(stages, all_stages: tuple[str, ...]) -> tuple[str, ...]:
