@@ -161,6 +161,23 @@ def load_plain(path: str | Path, *, map_location: str | torch.device = "cpu", wh
                          f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}") from None
 
 
+def load_released(path: str | Path, *, trust: bool = False):
+    """A file saved by a paper's own scripts (the authors' released weights), read with ``weights_only=True``.
+
+    One that holds other pickled Python objects is refused unless ``trust=True`` (``--trust-checkpoint``):
+    unpickling can run code, so trust only a file from a source you trust, such as the authors' release.
+    """
+    try:
+        return load_plain(path, what="released checkpoint")
+    except UnsafeCheckpointError:
+        if not trust:
+            raise UnsafeCheckpointError(
+                f"{path} holds pickled Python objects besides tensors; loading it could run code, so idclab refuses "
+                "it. If it is the authors' released file and you trust its source, pass trust=True "
+                "(--trust-checkpoint).") from None
+    return torch.load(path, map_location="cpu", weights_only=False)  # explicitly trusted by the caller
+
+
 def read(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
     """Read an idclab checkpoint with ``weights_only=True``; clear errors for anything else."""
     path = Path(path)

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -762,15 +761,7 @@ def read_released(path: str | Path, key: str, *, trust: bool = False) -> dict[st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No released checkpoint at {path}; download the authors' files first.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not trust:
-            raise runs.UnsafeCheckpointError(
-                f"{path} holds pickled Python objects besides tensors; loading it could run code, so idclab refuses "
-                f"it ({str(err).splitlines()[0][:160]}). If it is the authors' released file and you trust its "
-                "source, pass trust=True (--trust-checkpoint).") from None
-        state = torch.load(path, map_location="cpu", weights_only=False)  # explicitly trusted by the caller
+    state = runs.load_released(path, trust=trust)
     if not isinstance(state, dict) or not isinstance(state.get(key), dict):
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} has no {key!r} state dict (it holds {found}): not a CLIP4Cir {key} checkpoint "
@@ -782,12 +773,8 @@ def released_kind(path: str | Path, *, trust: bool = False) -> str | None:
     """"Combiner" or "CLIP" for a file saved by the reference's training scripts; None for anything else (e.g. an
     idclab checkpoint, which has a header)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if not trust:
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError):
+        state = runs.load_released(path, trust=trust)
+    except (ValueError, OSError):  # unreadable, or pickled objects without trust (UnsafeCheckpointError)
         return None
     if not isinstance(state, dict) or "header" in state:
         return None

@@ -46,7 +46,6 @@ training -> the retriever -> loading checkpoints (ours and the reference's).
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -506,16 +505,8 @@ def load_reference_mapping(model: Pic2Word, path: str | Path, *, trust: bool = F
     ``trust=True`` (``--trust-checkpoint``): unpickling can run code, so do that only for a file from a source you
     trust, such as the authors' release.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not trust:
-            raise runs.UnsafeCheckpointError(
-                f"{path} holds pickled Python objects besides tensors; loading it could run code, so idclab refuses "
-                f"it ({str(err).splitlines()[0][:160]}). If it is the authors' released file and you trust its "
-                "source, pass trust=True (--trust-checkpoint).") from None
-        state = torch.load(path, map_location="cpu", weights_only=False)  # explicitly trusted by the caller
-    if "state_dict_img2text" not in state:
+    state = runs.load_released(path, trust=trust)
+    if not isinstance(state, dict) or "state_dict_img2text" not in state:
         raise ValueError(f"{path} has no 'state_dict_img2text': not a Pic2Word reference checkpoint.")
     sd = {k.removeprefix("module."): v for k, v in state["state_dict_img2text"].items()}
     model.mapping.load_state_dict(sd)
