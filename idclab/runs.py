@@ -105,8 +105,6 @@ def _set(obj: Any, name: str, value: Any, option: str) -> Any:
         raise ValueError(f"--{option.replace('_', '-')} must be an integer >= 1, got {value!r}.")
     if name in ("eval_every", "ckpt_every", "num_workers") and (not isinstance(value, int) or value < 0):
         raise ValueError(f"--{option.replace('_', '-')} must be an integer >= 0, got {value!r}.")
-    if name in ("eval_every", "ckpt_every") and value == 0:
-        value = None  # 0: never (at the end only)
     return dataclasses.replace(obj, **{name: value})
 
 

@@ -901,6 +901,11 @@ def param_groups(model: CLIP4IDC, stage: StageConfig) -> list[dict]:
                  name=f"{part}/{'decay' if decay else 'no_decay'}") for (part, decay), ps in groups.items()]
 
 
+def _every(value: int | None, default: int | None) -> int | None:
+    """A step interval: None takes ``default``; 0 means at the end only (the Trainer skips a falsy interval)."""
+    return default if value is None else (value or None)
+
+
 def trainer_config(stage: StageConfig, n_samples: int, **overrides) -> TrainConfig:
     """The Trainer settings of a stage: steps from ``max_steps`` or epochs over ``n_samples``, warm-up, schedule."""
     steps_per_epoch = n_samples // stage.batch_size
@@ -912,7 +917,7 @@ def trainer_config(stage: StageConfig, n_samples: int, **overrides) -> TrainConf
                     betas=stage.betas, eps=stage.eps, warmup_steps=round(stage.warmup * max_steps),
                     schedule=stage.schedule, max_grad_norm=stage.max_grad_norm, seed=stage.seed,
                     bias_correction=stage.bias_correction, decay_all=stage.decay_all,
-                    eval_every=stage.eval_every or (None if stage.max_steps is not None else steps_per_epoch),
+                    eval_every=_every(stage.eval_every, None if stage.max_steps is not None else steps_per_epoch),
                     patience=stage.patience)
     return TrainConfig(**{**settings, **overrides})
 
@@ -1120,7 +1125,7 @@ def _train_stage(cfg: CLIP4IDCConfig, stage: str, out: Path, *, root, init: Path
     samples = PairSamples.for_stage(train_pairs, st)
     tcfg = trainer_config(st, len(samples), ckpt_minutes=cfg.ckpt_minutes, precision=cfg.precision,
                           num_workers=cfg.num_workers, select_metric=select, progress=progress)
-    tcfg = dataclasses.replace(tcfg, ckpt_every=st.ckpt_every or tcfg.eval_every)  # a resume file at each validation
+    tcfg = dataclasses.replace(tcfg, ckpt_every=_every(st.ckpt_every, tcfg.eval_every))  # default: at each validation
     header = runs.make_header(METHOD, stage, cfg, {**backbones.model_config(model.clip), **model.model_config()})
     trainer = Trainer(model, CLIP4IDC.loss, samples, config=tcfg, out_dir=out / stage, collate_fn=model.collate(),
                       val_fn=val_fn, param_groups=param_groups(model, st), header=header, on_step=on_step,

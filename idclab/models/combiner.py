@@ -486,7 +486,8 @@ def _subset(bench: cir.CIRBenchmark, n: int | None) -> cir.CIRBenchmark:
 def _trainer_config(cfg: CombinerConfig, stage: CombinerStage, n: int, progress: bool) -> TrainConfig:
     per_epoch = max(1, n // stage.batch_size)  # drop_last, as the reference's loaders
     steps = stage.epochs * per_epoch if stage.max_steps is None else stage.max_steps
-    every = stage.eval_every or (None if stage.max_steps is not None else per_epoch)  # the reference: every epoch
+    every = (None if stage.max_steps is not None else per_epoch) if stage.eval_every is None else \
+        (stage.eval_every or None)  # None: the reference's every epoch; 0: at the end only
     return TrainConfig(max_steps=steps, batch_size=min(stage.batch_size, n), lr=stage.lr,
                        weight_decay=stage.weight_decay, betas=stage.betas, eps=stage.eps, schedule="constant",
                        precision=cfg.precision, seed=cfg.seed, num_workers=cfg.num_workers, eval_every=every,
