@@ -35,7 +35,7 @@ def test_config_for_datasets_profiles_and_options():
     assert p.config_for(profile="paper").dataset == "cc3m"
     assert p.config_for("folder", "paper").dataset == "folder"
     cfg = p.config_for(profile="smoke", precompute=False, steps=2, batch_size=4, eval_every=0)
-    assert (cfg.precompute, cfg.max_steps, cfg.batch_size, cfg.eval_every) == (False, 2, 4, None)
+    assert (cfg.precompute, cfg.max_steps, cfg.batch_size, cfg.eval_every) == (False, 2, 4, 0)  # 0: at the end only
     assert p.config_for(profile="smoke", precompute=None).precompute is True  # None: the preset's choice
     with pytest.raises(ValueError, match="paper"):
         p.config_for("cc3m", "smoke")
