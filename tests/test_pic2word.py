@@ -39,7 +39,7 @@ def test_config_for_datasets_profiles_and_options():
     assert p.config_for(profile="smoke", precompute=None).precompute is True  # None: the preset's choice
     with pytest.raises(ValueError, match="paper"):
         p.config_for("cc3m", "smoke")
-    with pytest.raises(ValueError, match="toy and smoke"):
+    with pytest.raises(ValueError, match="smoke, toy and lite"):
         p.config_for("shapes", "paper")
     with pytest.raises(ValueError, match="Unknown dataset"):
         p.config_for("imagenet", "paper")
