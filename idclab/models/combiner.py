@@ -688,7 +688,7 @@ def load(run_or_checkpoint: str | Path, *, stage: str | None = None, device: str
     if header["stage"] == "finetune":
         model = FineTuner(backbones.load_clip(cfg.backbone), cfg.encoder)  # architecture only
         model.load_state_dict(state["model"])
-        model.checkpoint_info = info
+        model.checkpoint_info, model.cfg = info, cfg
         return model.to(device).eval()
     source = header["architecture"].get("clip_checkpoint")
     clip_ckpt = None if source is None else runs.resolve_relative(source, path.parent)
@@ -718,7 +718,7 @@ def load_retriever(run_or_checkpoint: str | Path, *, method: str = "combiner",
         return CombinerRetriever(model.clip, model.combiner, preprocess=model.cfg.preprocess, device=device)
     stage = "finetune" if _has_stage(run_or_checkpoint, "finetune") else "combiner"
     model = load(run_or_checkpoint, stage=stage, device=device)
-    cfg = CombinerConfig.from_dict(runs.read_header(model.checkpoint_info["path"])["config"])
+    cfg = model.cfg  # the run's config, read with its checkpoint (not read a second time)
     if method == "raw_sum":
         return SumRetriever(model.clip, inputs=cfg.sum_inputs, preprocess=cfg.preprocess, device=device)
     return cir.Baseline(model.clip, method, prompts=PROMPTS, preprocess=cfg.preprocess, device=device)
